@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,9 @@ def read_table(path: Path | str, header=COLUMNS) -> np.ndarray:
             if first.split(",") != list(header):
                 raise UserError(f"{path}: header is {first!r}, expected {','.join(header)!r}; "
                                 "re-run 'dvc repro' to rebuild it")
-            table = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": checked below
+                table = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
     except FileNotFoundError:
         raise UserError(f"{path} is missing: run 'dvc repro' to build it") from None
     except ValueError as err:

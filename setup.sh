@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start, step 1: create .venv, install the pinned requirements, run the pipeline.
+# Offline, first point scikit-learn at a local copy of the data:
+#   export SCIKIT_LEARN_DATA=/absolute/path/to/scikit_learn_data
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+dvc repro

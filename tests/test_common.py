@@ -1,0 +1,92 @@
+"""Unit tests of param validation and the file helpers."""
+import numpy as np
+import pytest
+
+from stages import common
+from stages.quantize import RULES as QUANTIZE_RULES
+from stages.split import RULES as SPLIT_RULES
+
+GOOD = {"split": {"test_size": 0.2, "seed": 42},
+        "quantize": {"scheme": "window", "bits": 8, "margin": 0.05}}
+
+
+def with_value(section, key, value):
+    params = {s: dict(v) for s, v in GOOD.items()}
+    params[section][key] = value
+    return params
+
+
+def test_good_params_pass():
+    assert common.validate_section(GOOD, "split", SPLIT_RULES) == GOOD["split"]
+    assert common.validate_section(GOOD, "quantize", QUANTIZE_RULES) == GOOD["quantize"]
+
+
+@pytest.mark.parametrize("section,rules,key,value,allowed", [
+    ("split", SPLIT_RULES, "test_size", 0.0, "strictly between 0 and 1"),
+    ("split", SPLIT_RULES, "test_size", 1, "strictly between 0 and 1"),
+    ("split", SPLIT_RULES, "test_size", float("nan"), "strictly between 0 and 1"),
+    ("split", SPLIT_RULES, "test_size", True, "strictly between 0 and 1"),
+    ("split", SPLIT_RULES, "seed", -1, "an integer from 0"),
+    ("split", SPLIT_RULES, "seed", 4.2, "an integer from 0"),
+    ("quantize", QUANTIZE_RULES, "bits", 1, "an integer from 2 to 16"),
+    ("quantize", QUANTIZE_RULES, "bits", 17, "an integer from 2 to 16"),
+    ("quantize", QUANTIZE_RULES, "bits", True, "an integer from 2 to 16"),
+    ("quantize", QUANTIZE_RULES, "margin", 0, "a number greater than 0"),
+    ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number greater than 0"),
+    ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window"),
+])
+def test_bad_values_name_key_and_allowed(section, rules, key, value, allowed):
+    with pytest.raises(common.UserError) as info:
+        common.validate_section(with_value(section, key, value), section, rules)
+    assert f"{section}.{key}" in str(info.value) and allowed in str(info.value)
+
+
+def test_missing_and_unknown_keys_and_sections():
+    params = {"quantize": {"scheme": "window", "bits": 8}}
+    with pytest.raises(common.UserError, match="quantize.margin is missing"):
+        common.validate_section(params, "quantize", QUANTIZE_RULES)
+    params = with_value("quantize", "bitz", 4)
+    with pytest.raises(common.UserError, match="unknown key quantize.bitz"):
+        common.validate_section(params, "quantize", QUANTIZE_RULES)
+    with pytest.raises(common.UserError, match="section 'split' is missing"):
+        common.validate_section({}, "split", SPLIT_RULES)
+
+
+def test_load_params_reports_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("split: [unclosed\n")
+    with pytest.raises(common.UserError, match="not valid YAML"):
+        common.load_params("split", SPLIT_RULES, path)
+
+
+def test_table_round_trip_is_bit_exact(tmp_path):
+    table = np.random.default_rng(0).normal(size=(20, 3)) * 1e3
+    common.write_table(tmp_path / "t.csv", ("a", "b", "c"), table)
+    np.testing.assert_array_equal(common.read_table(tmp_path / "t.csv", ("a", "b", "c")), table)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("a,b\n1,2\n", "header is 'a,b'"),
+    ("a,b,c\n1,2,x\n", "could not convert"),
+    ("a,b,c\n1,2,nan\n", "row 1 column c is not a finite number"),
+    ("a,b,c\n", "has no rows"),
+])
+def test_read_table_refuses_bad_files(tmp_path, content, message):
+    path = tmp_path / "t.csv"
+    path.write_text(content)
+    with pytest.raises(common.UserError, match=message):
+        common.read_table(path, ("a", "b", "c"))
+
+
+def test_atomic_write_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "out.txt"
+    common.atomic_write_text(path, "good\n")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(common.os, "replace", boom)
+    with pytest.raises(OSError):
+        common.atomic_write_text(path, "new\n")
+    assert path.read_text() == "good\n"
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind

@@ -1,0 +1,146 @@
+"""End to end: the real pipeline, run with DVC in a copy of the project."""
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import dvc, read_json, sh
+
+# Reference figures of the data set (../shared/data/README.md), not of this code.
+FLOAT_R2, FLOAT_RMSE, INTERCEPT = 0.5758, 0.7456, -37.0233
+FIRST_PREDICTIONS = [0.719, 1.764, 2.71, 2.839, 2.605]
+SEED_WINDOW_R2, SEED_WINDOW_RMSE = 0.4854, 0.8212
+METRIC_KEYS = {"r2", "rmse", "mae", "payload_bytes", "file_bytes"}
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def set_params(repo, **sections):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_float_model_matches_reference(built_repo):
+    m = read_json(built_repo / "metrics/float.json")
+    assert m["r2"] == pytest.approx(FLOAT_R2, abs=5e-5)
+    assert m["rmse"] == pytest.approx(FLOAT_RMSE, abs=5e-5)
+    assert m["payload_bytes"] == 9 * 8  # 8 float64 coefficients + intercept
+    assert m["file_bytes"] == (built_repo / "models/float.joblib").stat().st_size
+    code = "from stages import train; m = train.load(); print(m.intercept_)"
+    intercept = float(sh(["python", "-c", code], built_repo).stdout)
+    assert intercept == pytest.approx(INTERCEPT, abs=5e-5)
+    preds = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(preds[:5, 1], FIRST_PREDICTIONS, atol=5e-4)
+
+
+def test_metrics_files_share_keys_and_compare_is_consistent(built_repo):
+    f = read_json(built_repo / "metrics/float.json")
+    q = read_json(built_repo / "metrics/quant.json")
+    c = read_json(built_repo / "metrics/compare.json")
+    assert set(f) == set(q) and METRIC_KEYS <= set(f)
+    assert c["delta_r2"] == pytest.approx(q["r2"] - f["r2"], abs=2e-6)
+    assert c["delta_rmse"] == pytest.approx(q["rmse"] - f["rmse"], abs=2e-6)
+    assert c["size_ratio"] == pytest.approx(q["payload_bytes"] / f["payload_bytes"], abs=1e-6)
+    preds = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)
+    assert c["max_abs_pred_diff"] == pytest.approx(np.abs(preds[:, 2] - preds[:, 1]).max(),
+                                                   abs=2e-6)
+
+
+def test_metrics_show_lists_both_models(built_repo):
+    out = dvc("metrics", "show", cwd=built_repo).stdout
+    assert "metrics/float.json" in out and "metrics/quant.json" in out
+
+
+def test_seed_window_scheme_reproduces_published_figures(repo):
+    set_params(repo, quantize={"scheme": "window", "bits": 8, "margin": 0.05})
+    dvc("repro", cwd=repo)
+    q = read_json(repo / "metrics/quant.json")
+    assert q["r2"] == pytest.approx(SEED_WINDOW_R2, abs=5e-5)
+    assert q["rmse"] == pytest.approx(SEED_WINDOW_RMSE, abs=5e-5)
+    assert q["payload_bytes"] == 9 + 9 * 4 + 9 * 4  # uint8 codes, float32 min and scale
+
+
+def test_experiment_reruns_only_quantize_and_evaluate(repo):
+    float_before = (repo / "metrics/float.json").read_text()
+    quant_before = read_json(repo / "metrics/quant.json")
+    out = dvc("exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.margin=0.01",
+              cwd=repo).stdout
+    assert stages_run(out) == {"quantize", "evaluate"}
+    assert (repo / "metrics/float.json").read_text() == float_before
+    quant_after = read_json(repo / "metrics/quant.json")
+    assert quant_after["r2"] != quant_before["r2"]
+    assert quant_after["r2"] == pytest.approx(0.571, abs=0.002)
+    diff = dvc("metrics", "diff", cwd=repo).stdout
+    assert "metrics/quant.json" in diff and "metrics/float.json" not in diff
+    shown = dvc("exp", "show", "--md", cwd=repo).stdout
+    assert "quantize.margin" in shown
+
+
+def test_repro_is_byte_for_byte_reproducible(repo):
+    before = {p: (repo / p).read_bytes() for p in
+              ("dvc.lock", "metrics/float.json", "metrics/quant.json", "metrics/compare.json")}
+    dvc("repro", "-f", cwd=repo)
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+
+
+BAD_PARAMS = [
+    ("split", "test_size", 1.0, "split.test_size"),
+    ("split", "test_size", 0, "split.test_size"),
+    ("split", "seed", "42", "split.seed"),
+    ("quantize", "bits", 1, "quantize.bits"),
+    ("quantize", "bits", 17, "quantize.bits"),
+    ("quantize", "bits", 8.0, "quantize.bits"),
+    ("quantize", "margin", 0, "quantize.margin"),
+    ("quantize", "margin", -0.1, "quantize.margin"),
+    ("quantize", "scheme", "nonsense", "quantize.scheme"),
+    ("quantize", "bitz", 8, "quantize.bitz"),
+]
+
+
+@pytest.mark.parametrize("section,key,value,named", BAD_PARAMS)
+def test_bad_param_stops_with_one_line_and_keeps_outputs(repo, section, key, value, named):
+    outputs = ["data/train.csv", "models/quant.json", "metrics/quant.json", "dvc.lock"]
+    before = {p: (repo / p).read_bytes() for p in outputs}
+    set_params(repo, **{section: {key: value}})
+    stage = "split" if section == "split" else "quantize"
+    proc = sh(["python", "-m", f"stages.{stage}"], repo, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0]
+    # forced: DVC itself sees 8.0 == 8 and would skip the stage
+    repro = dvc("repro", "-f", "-s", stage, cwd=repo, check=False)
+    assert repro.returncode != 0 and "Traceback" not in repro.stderr + repro.stdout
+    assert named in repro.stderr + repro.stdout
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+
+
+def test_missing_param_key_is_named(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["quantize"]["margin"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = sh(["python", "-m", "stages.quantize"], repo, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: params.yaml: quantize.margin is missing; "
+                                   "set it to a number greater than 0")
+
+
+def test_offline_without_cache_says_to_set_scikit_learn_data(repo, tmp_path, monkeypatch):
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(empty))
+    before = (repo / "data/housing.csv").read_bytes()
+    proc = sh(["python", "-m", "stages.data"], repo, check=False)
+    if proc.returncode == 0:
+        pytest.skip("this machine has network access: the download succeeded")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "SCIKIT_LEARN_DATA" in proc.stderr
+    assert (repo / "data/housing.csv").read_bytes() == before

@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ FEATURES = (
 )
 TARGET = "MedHouseVal"
 COLUMNS = FEATURES + (TARGET,)
+N_ROWS = 20640  # the published size of the data set (Pace & Barry, 1997)
 
 
 class UserError(Exception):
@@ -119,20 +121,33 @@ def load_params(section: str, rules: dict[str, Rule], path: Path = PARAMS_FILE) 
     return validate_section(params, section, rules)
 
 
+def split_rows(test_size: float, n_rows: int | None = None) -> dict[str, int]:
+    """Rows in the data set (``N_ROWS`` unless given) and in each part of its split.
+
+    scikit-learn's ``train_test_split`` rounds the test part up; the stages that
+    read a data file check its row count against these numbers.
+    """
+    n_rows = N_ROWS if n_rows is None else n_rows
+    n_test = math.ceil(test_size * n_rows)
+    return {"all": n_rows, "train": n_rows - n_test, "test": n_test}
+
+
 # --- files ------------------------------------------------------------------
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+@contextmanager
+def atomic_open(path: Path | str):
+    """A binary file handle whose content replaces ``path`` only once it is complete.
 
-    A stage killed mid-write leaves only a stray temp file, which DVC ignores,
-    and the previous good output stays in place.
+    Readers see the old file or the new one, never half. A stage killed mid-write
+    leaves only a stray temp file, which DVC ignores, and the previous good
+    output stays in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
@@ -140,6 +155,11 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -150,19 +170,30 @@ def write_json(path: Path | str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def format_csv(header, table: np.ndarray) -> str:
-    """CSV text with shortest round-trip floats, so a reload gives the same bits."""
-    lines = [",".join(header)]
-    lines.extend(",".join(map(repr, row)) for row in np.asarray(table, dtype=np.float64).tolist())
-    return "\n".join(lines) + "\n"
+def format_csv(header, table: np.ndarray, chunk_rows: int = 20_000):
+    """CSV text in pieces, floats as shortest round-trip decimals so a reload gives the same bits.
+
+    Pieces of ``chunk_rows`` rows keep memory flat: the whole text of a large
+    table is several times the size of the array.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    yield ",".join(header) + "\n"
+    for start in range(0, len(table), chunk_rows):
+        rows = table[start:start + chunk_rows].tolist()
+        yield "".join(",".join(map(repr, row)) + "\n" for row in rows)
 
 
 def write_table(path: Path | str, header, table: np.ndarray) -> None:
-    atomic_write_text(path, format_csv(header, table))
+    with atomic_open(path) as fh:
+        for piece in format_csv(header, table):
+            fh.write(piece.encode("utf-8"))
 
 
-def read_table(path: Path | str, header=COLUMNS) -> np.ndarray:
-    """Load a numeric CSV written by ``write_table`` and check it is whole and finite."""
+def read_table(path: Path | str, header=COLUMNS, rows: int | None = None) -> np.ndarray:
+    """Load a numeric CSV written by ``write_table`` and check it is whole and finite.
+
+    With ``rows``, also check the row count: a file with rows added or lost is refused.
+    """
     path = Path(path)
     try:
         with path.open() as fh:
@@ -179,6 +210,9 @@ def read_table(path: Path | str, header=COLUMNS) -> np.ndarray:
         raise UserError(f"{path}: {err}; re-run 'dvc repro' to rebuild it") from None
     if table.shape[0] == 0:
         raise UserError(f"{path} has no rows; re-run 'dvc repro' to rebuild it")
+    if rows is not None and table.shape[0] != rows:
+        raise UserError(f"{path} has {table.shape[0]} rows, expected {rows}; "
+                        "re-run 'dvc repro' to rebuild it")
     if table.shape[1] != len(header):
         raise UserError(f"{path} has {table.shape[1]} columns, expected {len(header)}; "
                         "re-run 'dvc repro' to rebuild it")
@@ -190,7 +224,7 @@ def read_table(path: Path | str, header=COLUMNS) -> np.ndarray:
     return table
 
 
-def read_xy(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+def read_xy(path: Path | str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features and target from a data CSV with the ``COLUMNS`` header."""
-    table = read_table(path, COLUMNS)
+    table = read_table(path, COLUMNS, rows)
     return table[:, :-1], table[:, -1]

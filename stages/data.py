@@ -7,10 +7,9 @@ import warnings
 
 import numpy as np
 
-from stages.common import COLUMNS, FEATURES, UserError, run, write_table
+from stages.common import COLUMNS, FEATURES, N_ROWS, UserError, run, write_table
 
 OUT = "data/housing.csv"
-N_ROWS = 20640  # the published size of the data set (Pace & Barry, 1997)
 
 
 def fetch() -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,19 @@
 
 Writes one metrics file per model with the same keys, so that ``dvc metrics show``
 lines them up, and a compare file with the quant-minus-float deltas.
+
+Numpy only: both models are read from JSON and the metrics are a few lines of
+arithmetic, so this stage, which every experiment re-runs, does not pay the
+second or so that importing scikit-learn costs.
 """
+import math
 import os
 
 import numpy as np
 
 from stages import quantizers, train
-from stages.common import read_xy, run, write_json, write_table
+from stages.common import load_params, read_xy, run, split_rows, write_json, write_table
+from stages.split import RULES as SPLIT_RULES
 
 TEST = "data/test.csv"
 QUANT = "models/quant.json"
@@ -20,13 +26,15 @@ DECIMALS = 6
 
 
 def scores(y_true, y_pred) -> dict:
-    """R², RMSE and MAE of ``y_pred``, rounded to ``DECIMALS``."""
-    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
-
+    """R², RMSE and MAE as ``sklearn.metrics`` defines them, rounded to ``DECIMALS``."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    err = y_true - np.asarray(y_pred, dtype=np.float64)
+    sse = float(np.dot(err, err))
+    sst = float(np.sum((y_true - y_true.mean()) ** 2))
     return {
-        "r2": round(float(r2_score(y_true, y_pred)), DECIMALS),
-        "rmse": round(float(root_mean_squared_error(y_true, y_pred)), DECIMALS),
-        "mae": round(float(mean_absolute_error(y_true, y_pred)), DECIMALS),
+        "r2": round(1.0 - sse / sst, DECIMALS),
+        "rmse": round(math.sqrt(sse / len(err)), DECIMALS),
+        "mae": round(float(np.mean(np.abs(err))), DECIMALS),
     }
 
 
@@ -39,15 +47,16 @@ def compare(float_m: dict, quant_m: dict, float_pred, quant_pred) -> dict:
 
 
 def main() -> None:
-    X, y = read_xy(TEST)
-    fmodel = train.load(train.OUT)
+    test_size = load_params("split", SPLIT_RULES)["test_size"]
+    X, y = read_xy(TEST, rows=split_rows(test_size)["test"])
+    coef, intercept = train.load_weights()
     qmodel = quantizers.load(QUANT)
-    float_pred = fmodel.predict(X)
+    float_pred = X @ coef + intercept  # what LinearRegression.predict computes
     quant_pred = qmodel.predict(X)
 
     float_m = scores(y, float_pred) | {
-        "payload_bytes": int(fmodel.coef_.nbytes + np.float64(fmodel.intercept_).nbytes),
-        "file_bytes": os.path.getsize(train.OUT),
+        "payload_bytes": int(coef.nbytes + np.float64(intercept).nbytes),
+        "file_bytes": os.path.getsize(train.OUT),  # the estimator as scikit-learn saves it
     }
     quant_m = scores(y, quant_pred) | {
         "payload_bytes": qmodel.payload_bytes,

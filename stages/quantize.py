@@ -13,8 +13,8 @@ RULES = {
 
 def main() -> None:
     params = load_params("quantize", RULES)
-    model = train.load(train.OUT)
-    qmodel = quantizers.quantize(model.coef_, model.intercept_, scheme=params["scheme"],
+    coef, intercept = train.load_weights()
+    qmodel = quantizers.quantize(coef, intercept, scheme=params["scheme"],
                                  bits=params["bits"], margin=params["margin"],
                                  feature_names=FEATURES)
     atomic_write_text(OUT, quantizers.dumps(qmodel))

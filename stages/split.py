@@ -1,7 +1,8 @@
 """Stage split: a seeded train/test split of data/housing.csv."""
 import numpy as np
 
-from stages.common import COLUMNS, load_params, number_open, int_in, read_table, run, write_table
+from stages.common import (COLUMNS, int_in, load_params, number_open, read_table, run,
+                           split_rows, write_table)
 
 IN = "data/housing.csv"
 OUTS = {"train": "data/train.csv", "test": "data/test.csv"}
@@ -17,7 +18,8 @@ def split(table: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, n
 
 def main() -> None:
     params = load_params("split", RULES)
-    train, test = split(read_table(IN), params["test_size"], params["seed"])
+    table = read_table(IN, rows=split_rows(params["test_size"])["all"])
+    train, test = split(table, params["test_size"], params["seed"])
     write_table(OUTS["train"], COLUMNS, train)
     write_table(OUTS["test"], COLUMNS, test)
 

@@ -1,10 +1,22 @@
-"""Stage train: fit a LinearRegression on the training split and save it with joblib."""
+"""Stage train: fit a LinearRegression on the training split and save it.
+
+Two files hold the same model: the scikit-learn estimator (joblib) and its
+weights as plain JSON, which the quantize and evaluate stages and the predictor
+read with numpy alone, without the cost of importing scikit-learn.
+"""
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 
-from stages.common import FEATURES, UserError, atomic_write_bytes, read_xy, run
+from stages.common import (FEATURES, UserError, atomic_write_bytes, load_params, read_xy, run,
+                           split_rows, write_json)
+from stages.split import RULES as SPLIT_RULES
 
 IN = "data/train.csv"
 OUT = "models/float.joblib"
+WEIGHTS = "models/float.json"
 # Fitted floats are stored to this many significant digits. A different CPU or
 # BLAS can move the last bits of a least-squares solution; rounding makes the
 # saved model (and so dvc.lock) the same everywhere, at no cost in accuracy.
@@ -28,7 +40,8 @@ def fit(X: np.ndarray, y: np.ndarray):
     return model
 
 
-def save(model, path: str) -> None:
+def save(model, path: str = OUT, weights_path: str = WEIGHTS) -> None:
+    """The estimator with joblib at ``path``, its weights as JSON at ``weights_path``."""
     import io
 
     import joblib
@@ -36,6 +49,32 @@ def save(model, path: str) -> None:
     buf = io.BytesIO()
     joblib.dump(model, buf)
     atomic_write_bytes(path, buf.getvalue())
+    write_json(weights_path, {"feature_names": list(FEATURES), "coef": model.coef_.tolist(),
+                              "intercept": float(model.intercept_)})
+
+
+def load_weights(path: str = WEIGHTS) -> tuple[np.ndarray, float]:
+    """Coefficients and intercept of the float model from its JSON file, with numpy alone."""
+    try:
+        doc = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run 'dvc repro' to build it") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is corrupt or truncated ({err}); "
+                        "re-run 'dvc repro -f train' to rebuild it") from None
+    if not (isinstance(doc, dict) and doc.get("feature_names") == list(FEATURES)
+            and _finite_numbers(doc.get("coef"), len(FEATURES))
+            and _finite_numbers([doc.get("intercept")], 1)):
+        raise UserError(f"{path} does not hold {len(FEATURES)} finite coefficients for "
+                        f"{','.join(FEATURES)} and a finite intercept; "
+                        "re-run 'dvc repro -f train' to rebuild it")
+    return np.array(doc["coef"], dtype=np.float64), float(doc["intercept"])
+
+
+def _finite_numbers(values, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)
 
 
 def load(path: str = OUT):
@@ -58,8 +97,9 @@ def load(path: str = OUT):
 
 
 def main() -> None:
-    X, y = read_xy(IN)
-    save(fit(X, y), OUT)
+    test_size = load_params("split", SPLIT_RULES)["test_size"]
+    X, y = read_xy(IN, rows=split_rows(test_size)["train"])
+    save(fit(X, y))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
 """Unit tests of param validation and the file helpers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages import common
 from stages.quantize import RULES as QUANTIZE_RULES
 from stages.split import RULES as SPLIT_RULES
+from tests.conftest import ROOT
 
 GOOD = {"split": {"test_size": 0.2, "seed": 42},
         "quantize": {"scheme": "window", "bits": 8, "margin": 0.05}}
@@ -90,3 +99,74 @@ def test_atomic_write_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
         common.atomic_write_text(path, "new\n")
     assert path.read_text() == "good\n"
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_read_table_checks_row_count(tmp_path):
+    path = tmp_path / "t.csv"
+    common.write_table(path, ("a", "b"), np.ones((3, 2)))
+    assert common.read_table(path, ("a", "b"), rows=3).shape == (3, 2)
+    with pytest.raises(common.UserError, match=r"t.csv has 3 rows, expected 4; re-run"):
+        common.read_table(path, ("a", "b"), rows=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_rows=st.integers(2, 50_000), test_size=st.floats(0.0005, 0.9995))
+def test_split_rows_are_the_sizes_train_test_split_makes(n_rows, test_size):
+    from sklearn.model_selection import train_test_split
+
+    rows = common.split_rows(test_size, n_rows)
+    assert rows["all"] == n_rows and rows["train"] + rows["test"] == n_rows
+    try:
+        train, test = train_test_split(np.arange(n_rows), test_size=test_size, random_state=0)
+    except ValueError:  # scikit-learn refuses a split that leaves a part empty
+        assert 0 in (rows["train"], rows["test"])
+        return
+    assert (len(train), len(test)) == (rows["train"], rows["test"])
+
+
+def test_table_is_written_in_pieces_that_join_into_one_csv(tmp_path):
+    table = np.random.default_rng(1).normal(size=(45, 3))
+    pieces = list(common.format_csv(("a", "b", "c"), table, chunk_rows=7))
+    assert len(pieces) == 1 + 7  # the header, then ceil(45 / 7) pieces of rows
+    lines = "".join(pieces).splitlines()
+    assert lines[0] == "a,b,c"
+    assert [[float(v) for v in line.split(",")] for line in lines[1:]] == table.tolist()
+    big = np.random.default_rng(2).normal(size=(45_000, 2))  # more rows than one piece
+    common.write_table(tmp_path / "big.csv", ("a", "b"), big)
+    np.testing.assert_array_equal(common.read_table(tmp_path / "big.csv", ("a", "b")), big)
+
+
+KILLED_WRITER = """
+import sys
+import numpy as np
+from stages import common
+table = np.random.default_rng(int(sys.argv[2])).normal(size=(int(sys.argv[3]), 9))
+common.write_table(sys.argv[1], common.COLUMNS, table)
+"""
+
+
+def test_writer_killed_at_any_moment_leaves_old_or_new_file_whole(tmp_path):
+    path, n_rows = tmp_path / "table.csv", 150_000
+    args = [sys.executable, "-c", KILLED_WRITER, str(path)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    subprocess.run(args + ["1", str(n_rows)], env=env, check=True)
+    duration = time.perf_counter() - start
+    new = path.read_bytes()
+    subprocess.run(args + ["0", "100"], env=env, check=True)  # a small, different old file
+    old = path.read_bytes()
+
+    interrupted = 0
+    for fraction in np.linspace(0.15, 0.95, 8):
+        proc = subprocess.Popen(args + ["1", str(n_rows)], env=env)
+        time.sleep(duration * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert path.read_bytes() in (old, new), f"half-written file after a kill at {fraction:.0%}"
+        strays = [p for p in tmp_path.iterdir() if p != path]
+        interrupted += bool(strays)
+        for stray in strays:  # what a killed writer leaves: a hidden temp file beside it
+            assert stray.name.startswith(".table.csv.") and stray.name.endswith(".tmp")
+            stray.unlink()
+        path.write_bytes(old)
+    assert interrupted >= 1, "no kill landed mid-write; the test proved nothing"

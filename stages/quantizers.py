@@ -104,7 +104,24 @@ class QuantizedModel:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise UserError(f"expected rows of {len(self.feature_names)} features "
                             f"({', '.join(self.feature_names)}), got shape {X.shape}")
-        return X @ self.coef + self.intercept
+        return linear_predict(X, self.coef, self.intercept)
+
+
+def linear_predict(X, coef, intercept) -> np.ndarray:
+    """``X @ coef + intercept``, summed one feature at a time in a fixed order.
+
+    BLAS splits and fuses a dot product differently by CPU and batch size, which
+    moves the last bits of a prediction. Separate elementwise products and sums,
+    each rounded exactly by IEEE 754, give the same bits for a row wherever it is
+    computed: in the evaluate stage, in a chunk of the predictor, on any machine.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    coef = np.asarray(coef, dtype=np.float64)
+    out = X[:, 0] * coef[0]
+    for j in range(1, X.shape[1]):
+        out += X[:, j] * coef[j]
+    out += np.float64(intercept)
+    return out
 
 
 def quantize(coef, intercept, *, scheme, bits, margin, feature_names) -> QuantizedModel:

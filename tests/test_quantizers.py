@@ -63,6 +63,16 @@ def test_predict_is_dequantised_linear_model():
         m.predict(X[:, :4])
 
 
+def test_linear_predict_gives_a_row_the_same_bits_in_any_batch():
+    rng = np.random.default_rng(1)
+    coef, intercept = rng.normal(0, 2, 8), -37.0233
+    X = rng.normal(0, 100, size=(1000, 8))
+    batch = qz.linear_predict(X, coef, intercept)
+    np.testing.assert_allclose(batch, X @ coef + intercept, rtol=1e-12, atol=1e-12)
+    for lo, hi in [(0, 1), (3, 4), (10, 17), (500, 1000)]:
+        np.testing.assert_array_equal(qz.linear_predict(X[lo:hi], coef, intercept), batch[lo:hi])
+
+
 def test_file_round_trip_is_exact(tmp_path):
     coef, intercept = random_model(11)
     m = qz.quantize(coef, intercept, scheme="window", bits=12, margin=0.02, feature_names=NAMES)

@@ -1,0 +1,282 @@
+"""The predictor: input formats, every kind of bad input, and agreement with the pipeline."""
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stages import predict, quantizers
+from stages.common import FEATURES, read_table, read_xy
+from tests.conftest import project_env, sh
+
+HEADER = ",".join(FEATURES)
+ROW = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23"
+GOOD_CSV = f"{HEADER}\n{ROW}\n{ROW}\n"
+
+
+def predict_cli(repo, *args, stdin=None, check=False) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "stages.predict", *args], repo, check=check,
+              input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def values(stdout: str) -> np.ndarray:
+    return np.array([float(v) for v in stdout.split()])
+
+
+def features_csv(X, columns=FEATURES) -> str:
+    """CSV text of ``X`` (columns in FEATURES order) written with the given column order."""
+    idx = [FEATURES.index(c) for c in columns]
+    return ",".join(columns) + "\n" + "".join(
+        ",".join(map(repr, row)) + "\n" for row in X[:, idx].tolist())
+
+
+def jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def good_obj(**changes):
+    obj = dict(zip(FEATURES, map(float, ROW.split(","))))
+    obj.update(changes)
+    return obj
+
+
+# --- parsing, in process ------------------------------------------------------
+
+def test_csv_columns_in_any_order_give_the_same_features():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(7, 8))
+    shuffled = list(FEATURES)
+    rng.shuffle(shuffled)
+    assert shuffled != list(FEATURES)
+    got = np.vstack(list(predict.csv_chunks(io.StringIO(features_csv(X, shuffled)))))
+    np.testing.assert_array_equal(got, X)
+
+
+def test_chunks_are_bounded_and_cover_every_row():
+    X = np.arange(10 * 8, dtype=float).reshape(10, 8)
+    for chunks, text in [(predict.csv_chunks, features_csv(X)),
+                         (predict.jsonl_chunks, jsonl(dict(zip(FEATURES, r)) for r in X.tolist()))]:
+        got = list(chunks(io.StringIO(text), chunk_rows=3))
+        assert [len(c) for c in got] == [3, 3, 3, 1]
+        np.testing.assert_array_equal(np.vstack(got), X)
+
+
+def test_format_is_detected_from_the_first_non_blank_character():
+    assert predict.detect_format(["\n", "  {\"MedInc\": 1}\n"])[0] == "jsonl"
+    fmt, lines = predict.detect_format(["\n", HEADER + "\n", ROW + "\n"])
+    assert fmt == "csv" and list(lines) == ["\n", HEADER + "\n", ROW + "\n"]
+
+
+def test_csv_and_json_lines_and_a_byte_order_mark_read_the_same(built_repo):
+    X = read_table(built_repo / predict.SAMPLE, FEATURES)[:20]
+    as_csv = predict_cli(built_repo, stdin=features_csv(X), check=True).stdout
+    as_bom = predict_cli(built_repo, stdin="\ufeff" + features_csv(X), check=True).stdout
+    as_json = predict_cli(built_repo, stdin=jsonl(dict(zip(FEATURES, r)) for r in X.tolist()),
+                          check=True).stdout
+    assert as_csv == as_bom == as_json
+    assert len(as_csv.splitlines()) == 20
+
+
+# --- bad input: exit 2, one line naming row and column -------------------------
+
+BAD_INPUTS = [
+    # (id, stdin, words the one error line must contain)
+    ("csv-missing-column", HEADER.replace(",Latitude", "") + "\n1,2,3,4,5,6,7\n",
+     ["column Latitude is missing"]),
+    ("csv-extra-column", HEADER + ",MedHouseVal\n" + ROW + ",4.5\n",
+     ["unexpected column 'MedHouseVal'"]),
+    ("csv-repeated-column", HEADER + ",MedInc\n" + ROW + ",1\n", ["'MedInc' appears more"]),
+    ("csv-short-row", f"{HEADER}\n{ROW}\n1,2,3,4,5,6,7\n",
+     ["row 2 (line 3)", "column Longitude", "value missing"]),
+    ("csv-long-row", f"{HEADER}\n{ROW},9\n", ["row 1 (line 2)", "extra value '9'"]),
+    ("csv-non-numeric", f"{HEADER}\n{ROW}\n\n" + ROW.replace("6.98", "abc") + "\n",
+     ["row 2 (line 4)", "column AveRooms", "'abc' is not a number"]),
+    ("csv-empty-cell", f"{HEADER}\n" + ROW.replace("41.0", "") + "\n",
+     ["row 1 (line 2)", "column HouseAge", "'' is not a number"]),
+    ("csv-nan", f"{HEADER}\n" + ROW.replace("322.0", "nan") + "\n",
+     ["row 1 (line 2)", "column Population", "'nan' is not a finite number"]),
+    ("csv-infinity", f"{HEADER}\n{ROW}\n" + ROW.replace("37.88", "-inf") + "\n",
+     ["row 2 (line 3)", "column Latitude", "not a finite number"]),
+    ("csv-overflow", f"{HEADER}\n" + ROW.replace("2.55", "1e999") + "\n",
+     ["row 1 (line 2)", "column AveOccup", "not a finite number"]),
+    ("csv-header-only", HEADER + "\n", ["no data rows"]),
+    ("empty", "", ["input is empty"]),
+    ("blank-lines-only", "\n  \n\n", ["input is empty"]),
+    ("jsonl-missing-key", jsonl([good_obj(), {k: 1 for k in FEATURES if k != "AveOccup"}]),
+     ["row 2 (line 2)", "column AveOccup", "key missing"]),
+    ("jsonl-extra-key", jsonl([good_obj(MedHouseVal=4.5)]),
+     ["row 1 (line 1)", "unexpected key 'MedHouseVal'"]),
+    ("jsonl-string", jsonl([good_obj(), good_obj(), good_obj(MedInc="8.3")]),
+     ["row 3 (line 3)", "column MedInc", '"8.3" is not a number']),
+    ("jsonl-null", jsonl([good_obj(HouseAge=None)]), ["column HouseAge", "null is not a number"]),
+    ("jsonl-bool", jsonl([good_obj(AveRooms=True)]), ["column AveRooms", "true is not a number"]),
+    ("jsonl-nan", jsonl([good_obj()]) + "\n" + jsonl([good_obj(AveBedrms=float("nan"))]),
+     ["row 2 (line 3)", "column AveBedrms", "not a finite number"]),
+    ("jsonl-infinity", jsonl([good_obj(Longitude=float("inf"))]),
+     ["column Longitude", "not a finite number"]),
+    ("jsonl-huge-integer", jsonl([good_obj(Population=10**400)]),
+     ["column Population", "not a finite number"]),
+    ("jsonl-invalid", jsonl([good_obj()]) + '{"MedInc": 1,\n',
+     ["row 2 (line 2)", "not valid JSON", "at character 15"]),
+    ("jsonl-empty-object", jsonl([good_obj()]) + "{}\n", ["row 2 (line 2)", "column MedInc"]),
+    ("jsonl-not-object", jsonl([good_obj()]) + "[1, 2]\n",
+     ["row 2 (line 2)", "expected a JSON object", "got list"]),
+    ("not-utf8", HEADER + "\n" + ROW.replace("41.0", "4\xff") + "\n", ["not UTF-8"]),
+]
+
+
+@pytest.mark.parametrize("text,words", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_row_and_column(built_repo, text, words):
+    data = text.encode("latin-1" if "\xff" in text else "utf-8")
+    proc = subprocess.run([sys.executable, "-m", "stages.predict"], cwd=built_repo,
+                          env=project_env(), input=data, capture_output=True)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def test_a_bad_row_after_good_chunks_still_fails(built_repo, tmp_path):
+    rows = [ROW] * (predict.CHUNK_ROWS + 5) + [ROW.replace("-122.23", "west")]
+    path = tmp_path / "rows.csv"
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    proc = predict_cli(built_repo, str(path))
+    n = predict.CHUNK_ROWS + 6
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: row {n} (line {n + 1}), column Longitude: "
+                                   "'west' is not a number")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["no-such.csv"], "no-such.csv: no such file"),
+    (["--model", "tiny"], "invalid choice: 'tiny'"),
+    (["--sample", "0"], "'0' is not a positive integer"),
+    (["--sample", "101"], "holds the first 100 rows"),
+    (["rows.csv", "--sample", "3"], "not both"),
+    (["--format", "xml"], "invalid choice: 'xml'"),
+])
+def test_bad_arguments_are_one_line(built_repo, args, words):
+    proc = predict_cli(built_repo, *args, stdin=GOOD_CSV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
+
+
+@pytest.mark.parametrize("model,path", [("quant", "models/quant.json"),
+                                        ("float", "models/float.joblib")])
+def test_missing_model_file_is_one_line(repo, model, path):
+    (repo / path).unlink()
+    proc = predict_cli(repo, "--model", model, stdin=GOOD_CSV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {path} is missing: run 'dvc repro' to build it"
+    assert proc.stdout == ""
+
+
+def test_corrupt_model_file_is_one_line(repo):
+    (repo / "models/quant.json").write_text('{"format": "cali-reg/quantized-linear", "vers')
+    proc = predict_cli(repo, stdin=GOOD_CSV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt or truncated" in proc.stderr
+
+
+# --- agreement with the pipeline ---------------------------------------------
+
+def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
+    X, _ = read_xy(built_repo / "data/test.csv")
+    plotted = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)
+    path = tmp_path / "test-features.csv"
+    path.write_text(features_csv(X, FEATURES[::-1]))
+
+    quant = values(predict_cli(built_repo, str(path), check=True).stdout)
+    model = quantizers.load(built_repo / "models/quant.json")
+    np.testing.assert_array_equal(quant, model.predict(X))  # same bits
+    np.testing.assert_array_equal(np.round(quant, 6), plotted[:, 2])
+
+    floats = values(predict_cli(built_repo, str(path), "--model", "float", check=True).stdout)
+    assert len(floats) == len(X)
+    np.testing.assert_allclose(floats, plotted[:, 1], rtol=0, atol=5e-7 + 1e-12)
+
+
+def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
+    X = read_table(built_repo / predict.SAMPLE, FEATURES)
+    model = quantizers.load(built_repo / "models/quant.json")
+    alone = np.concatenate([model.predict(X[i:i + 1]) for i in range(len(X))])
+    out = io.StringIO()
+    n = predict.predict_stream(model, io.StringIO(features_csv(X)), out, chunk_rows=7)
+    assert n == len(X)
+    np.testing.assert_array_equal(values(out.getvalue()), alone)
+
+
+def test_sample_prints_the_first_rows_of_the_test_split(built_repo):
+    X, _ = read_xy(built_repo / "data/test.csv")
+    sample = read_table(built_repo / predict.SAMPLE, FEATURES)
+    np.testing.assert_array_equal(sample, X[:len(sample)])
+    line = predict_cli(built_repo, "--sample", "5", check=True).stdout
+    m = re.fullmatch(r"Sample predictions: \[(.*)\]\n", line)
+    assert m
+    shown = np.array([float(v) for v in m.group(1).split(", ")])
+    model = quantizers.load(built_repo / "models/quant.json")
+    np.testing.assert_array_equal(shown, model.predict(X[:5]))
+
+
+def test_sample_if_no_input_prints_the_sample_unless_rows_are_piped(built_repo):
+    alone = predict_cli(built_repo, "--sample-if-no-input", "3", check=True).stdout  # /dev/null
+    assert alone == predict_cli(built_repo, "--sample", "3", check=True).stdout
+    piped = predict_cli(built_repo, "--sample-if-no-input", "3", stdin=GOOD_CSV, check=True)
+    assert len(piped.stdout.splitlines()) == 2 and "Sample" not in piped.stdout
+
+
+def test_file_stdin_and_dash_give_the_same_output(built_repo, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(GOOD_CSV)
+    from_file = predict_cli(built_repo, str(path), check=True).stdout
+    assert from_file == predict_cli(built_repo, stdin=GOOD_CSV, check=True).stdout
+    assert from_file == predict_cli(built_repo, "-", stdin=GOOD_CSV, check=True).stdout
+    assert len(from_file.splitlines()) == 2
+
+
+# --- what the served path loads, streaming, pipes -----------------------------
+
+def test_quant_path_imports_numpy_only(built_repo):
+    proc = sh([sys.executable, "-X", "importtime", "-m", "stages.predict"], built_repo,
+              input=GOOD_CSV)
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported and "stages" in imported
+    assert not imported & {"sklearn", "scipy", "joblib", "yaml", "dvc", "pandas"}
+
+
+def _peak_rss_kib(repo, path) -> int:
+    """Peak RSS of one predictor run on ``path``, measured by a parent that does nothing else."""
+    code = ("import resource, subprocess, sys; "
+            "subprocess.run([sys.executable, '-m', 'stages.predict', sys.argv[1]], check=True, "
+            "stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    return int(sh([sys.executable, "-c", code, str(path)], repo).stdout)
+
+
+def test_memory_does_not_grow_with_the_number_of_rows(built_repo, tmp_path):
+    X = read_table(built_repo / predict.SAMPLE, FEATURES)
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    small.write_text(features_csv(np.tile(X, (200, 1))))    # 20,000 rows: a few full chunks
+    large.write_text(features_csv(np.tile(X, (2000, 1))))   # 200,000 rows, ~17 MB
+    # Holding the extra 180,000 rows as float64 alone would take 11 MB; as text, far more.
+    growth = _peak_rss_kib(built_repo, large) - _peak_rss_kib(built_repo, small)
+    assert growth < 4 * 1024, f"peak RSS grew by {growth} KiB"
+
+
+def test_a_closed_pipe_ends_the_run_quietly(built_repo, tmp_path):
+    path = tmp_path / "many.csv"
+    path.write_text(HEADER + "\n" + (ROW + "\n") * 50_000)  # ~1 MB of output: fills the pipe
+    proc = subprocess.Popen([sys.executable, "-m", "stages.predict", str(path)], cwd=built_repo,
+                            env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert float(first) > 0 and stderr == ""

@@ -122,3 +122,14 @@ def test_truncated_and_missing_files_are_refused(tmp_path):
         qz.load(path)
     with pytest.raises(qz.ModelFileError, match="is missing"):
         qz.load(tmp_path / "nope.json")
+
+
+def test_linear_predict_sums_feature_by_feature_across_blocks():
+    rng = np.random.default_rng(2)
+    coef, intercept = rng.normal(0, 2, 8), 3.25
+    for n in (0, 1, qz._BLOCK_ROWS - 1, qz._BLOCK_ROWS, 2 * qz._BLOCK_ROWS + 5):
+        X = rng.normal(0, 100, size=(n, 8))
+        expected = X[:, 0] * coef[0]  # the order of operations the result must follow exactly
+        for j in range(1, 8):
+            expected = expected + X[:, j] * coef[j]
+        np.testing.assert_array_equal(qz.linear_predict(X, coef, intercept), expected + intercept)

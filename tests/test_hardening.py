@@ -1,0 +1,241 @@
+"""Hardening, end to end: killed runs, tampered artefacts, queued experiments in parallel."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import dvc, project_env, read_json, sh
+from tests.test_pipeline import set_params
+
+OUTPUT_GLOBS = ("data/*.csv", "models/*", "metrics/*.json", "plots/*.csv")
+
+
+def outputs(repo: Path) -> dict[str, bytes]:
+    """Every pipeline output and dvc.lock, by path. Hidden temp files are not outputs."""
+    files = [p for pattern in OUTPUT_GLOBS for p in repo.glob(pattern)] + [repo / "dvc.lock"]
+    return {str(p.relative_to(repo)): p.read_bytes() for p in files}
+
+
+def one_line_error(proc, *named):
+    """The stage refused: exit 2, one line on stderr naming each of ``named``, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in named:
+        assert word in lines[0]
+    assert proc.stdout == ""
+
+
+# --- interrupted runs -------------------------------------------------------
+
+# Loaded by every Python process of the run through PYTHONPATH (the stages and DVC
+# itself): when the atomic writer syncs the temp file named by STALL_ON, it signals
+# READY and stalls, so that the test can SIGKILL the run at exactly that point.
+STALL_HOOK = """
+import os, time
+_target = os.environ.get("CALI_REG_STALL_ON")
+if _target:
+    _fsync = os.fsync
+    def fsync(fd):
+        _fsync(fd)
+        if _target in os.readlink(f"/proc/self/fd/{fd}"):
+            open(os.environ["CALI_REG_STALL_READY"], "w").close()
+            time.sleep(300)
+    os.fsync = fsync
+"""
+
+
+def kill_repro_while_writing(repo: Path, hook_dir: Path, target: str) -> None:
+    """Run ``dvc repro`` and SIGKILL it, with its stage, while ``target`` is being written."""
+    ready = hook_dir / "ready"
+    ready.unlink(missing_ok=True)
+    env = project_env() | {"PYTHONPATH": str(hook_dir), "CALI_REG_STALL_ON": target,
+                           "CALI_REG_STALL_READY": str(ready)}
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"dvc repro ended before writing {target}:\n{proc.stdout.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"dvc repro did not reach {target} in 120 s")
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # DVC and the stage it runs
+        proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_repro_killed_mid_write_leaves_whole_files_and_recovers(repo, tmp_path):
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STALL_HOOK)
+    before = outputs(repo)
+    # New params, so that old and new outputs differ and a mix of them would show.
+    set_params(repo, split={"seed": 7}, quantize={"bits": 6})
+
+    # 1: killed in the split stage, train.csv replaced, test.csv not yet.
+    kill_repro_while_writing(repo, tmp_path / "hook", "data/.test.csv.")
+    after_split_kill = outputs(repo)
+    assert after_split_kill["data/train.csv"] != before["data/train.csv"]
+    assert after_split_kill["data/test.csv"] == before["data/test.csv"]
+    assert list((repo / "data").glob(".test.csv.*.tmp")), "the kill left no temp file"
+
+    # 2: the next run killed in evaluate, between two metrics files.
+    kill_repro_while_writing(repo, tmp_path / "hook", "metrics/.quant.json.")
+    after_evaluate_kill = outputs(repo)
+    assert after_evaluate_kill["metrics/float.json"] != before["metrics/float.json"]
+    assert after_evaluate_kill["metrics/quant.json"] == before["metrics/quant.json"]
+
+    # 3: the next plain run completes, and a forced clean rebuild changes nothing.
+    dvc("repro", cwd=repo)
+    recovered = outputs(repo)
+    assert "up to date" in dvc("status", cwd=repo).stdout
+    dvc("repro", "-f", cwd=repo)
+    assert outputs(repo) == recovered
+
+    # No file was ever half-written: each was the old or the new one, whole.
+    for snapshot in (after_split_kill, after_evaluate_kill):
+        for path, content in snapshot.items():
+            assert content in (before.get(path), recovered[path]), path
+    assert read_json(repo / "metrics/quant.json") != json.loads(before["metrics/quant.json"])
+
+
+# --- tampered artefacts -----------------------------------------------------
+
+def edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc, indent=2))
+
+
+TAMPERED_MODELS = {
+    "bad JSON": (lambda p: p.write_text(p.read_text()[:-20]), "corrupt or truncated"),
+    "wrong shape": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].pop()),
+                    "array 'codes' must be 9"),
+    "wrong version": (lambda p: edit_json(p, lambda d: d.update(version=2)),
+                      "format version 2 is not supported"),
+    "code out of range": (lambda p: edit_json(p, lambda d: d.update(bits=4)),
+                          "exceeds the 4-bit range"),
+    "negative code": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"]
+                                          .__setitem__(0, -1)), "do not fit uint"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED_MODELS)
+def test_tampered_quantized_model_is_refused_by_evaluate(repo, case):
+    tamper, message = TAMPERED_MODELS[case]
+    tamper(repo / "models/quant.json")
+    before = outputs(repo)
+    proc = sh([sys.executable, "-m", "stages.evaluate"], repo, check=False)
+    one_line_error(proc, "models/quant.json", message)
+    assert outputs(repo) == before
+
+
+def drop_last_row(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def duplicate_last_row(path: Path) -> None:
+    path.write_text(path.read_text() + path.read_text().splitlines(keepends=True)[-1])
+
+
+def nan_in_row_3(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = "nan," + lines[3].split(",", 1)[1]
+    path.write_text("".join(lines))
+
+
+TAMPERED_DATA = [  # (stage that reads it, file, edit, what the line says)
+    ("split", "data/housing.csv", drop_last_row, "has 20639 rows, expected 20640"),
+    ("split", "data/housing.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
+    ("train", "data/train.csv", duplicate_last_row, "has 16513 rows, expected 16512"),
+    ("train", "data/train.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
+    ("evaluate", "data/test.csv", drop_last_row, "has 4127 rows, expected 4128"),
+    ("evaluate", "data/test.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
+    ("quantize", "models/float.json", lambda p: edit_json(p, lambda d: d["coef"].pop()),
+     "does not hold 8 finite coefficients"),
+]
+
+
+@pytest.mark.parametrize("stage,path,tamper,message", TAMPERED_DATA,
+                         ids=[f"{c[0]}-{c[2].__name__}" for c in TAMPERED_DATA])
+def test_tampered_data_is_refused_by_the_stage_that_reads_it(repo, stage, path, tamper, message):
+    tamper(repo / path)
+    before = outputs(repo)
+    proc = sh([sys.executable, "-m", f"stages.{stage}"], repo, check=False)
+    one_line_error(proc, path, message)
+    assert outputs(repo) == before
+    # DVC sees the edited file and rebuilds it from its own stage: the pipeline heals.
+    dvc("repro", cwd=repo)
+    assert "up to date" in dvc("status", cwd=repo).stdout
+
+
+# --- concurrency ------------------------------------------------------------
+
+def expected_quant_metrics(repo: Path, **quantize_params) -> dict:
+    """What the evaluate stage must report for the quantised model with these params."""
+    from stages import evaluate, quantizers, train
+    from stages.common import FEATURES, read_xy
+
+    coef, intercept = train.load_weights(str(repo / "models/float.json"))
+    qmodel = quantizers.quantize(coef, intercept, feature_names=FEATURES, **quantize_params)
+    X, y = read_xy(repo / "data/test.csv")
+    return evaluate.scores(y, qmodel.predict(X))
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """Each experiment's params and metrics from ``dvc exp show --json``, by name."""
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                found[rev["name"]] = rev["data"]
+    return found
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
+    base = yaml.safe_load((repo / "params.yaml").read_text())["quantize"]
+    names = {}
+    for bits in (4, 6):
+        out = dvc("exp", "run", "--queue", "-S", f"quantize.bits={bits}", cwd=repo).stdout
+        names[bits] = out.split("Queued experiment '")[1].split("'")[0]
+    try:
+        dvc("queue", "start", "-j", "2", cwd=repo)
+        deadline = time.monotonic() + 240
+        while True:
+            status = dvc("queue", "status", cwd=repo).stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the queue did not finish in 240 s:\n{status}")
+            time.sleep(1)
+    finally:
+        dvc("queue", "stop", "--kill", cwd=repo, check=False)
+    lines = {line.split()[1]: line.split()[-1] for line in status.splitlines()
+             if len(line.split()) > 1 and line.split()[1] in names.values()}
+    assert lines == {name: "Success" for name in names.values()}, status
+
+    found = experiments(repo)
+    float_metrics = read_json(repo / "metrics/float.json")
+    expected = {bits: expected_quant_metrics(repo, **(base | {"bits": bits})) for bits in names}
+    assert expected[4] != expected[6]  # so that swapped results would show
+    for bits, name in names.items():
+        data = found[name]
+        assert data["params"]["params.yaml"]["data"]["quantize"]["bits"] == bits
+        metrics = {path: m["data"] for path, m in data["metrics"].items()}
+        assert {k: metrics["metrics/quant.json"][k] for k in expected[bits]} == expected[bits]
+        assert metrics["metrics/float.json"] == float_metrics
+    # The workspace is left as it was.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["quantize"] == base

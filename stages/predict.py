@@ -164,6 +164,8 @@ def csv_chunks(lines, chunk_rows: int = CHUNK_ROWS):
                 continue
             n_rows += 1
             if len(row) != len(names):
+                if rows:  # a bad value in an earlier row of this chunk is named first
+                    _to_floats(rows, names, order, n_rows - len(rows), line_nums)
                 raise UserError(_length_problem(row, names, n_rows, reader.line_num))
             rows.append(row)
             line_nums.append(reader.line_num)
@@ -311,7 +313,13 @@ def predict_stream(model, stream, out, fmt: str = "auto", chunk_rows: int = CHUN
     """Write one prediction per input row to ``out``; return the number of rows."""
     n = 0
     for X in read_chunks(stream, fmt, chunk_rows):
-        out.write("\n".join(format_values(model.predict(X))) + "\n")
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = model.predict(X)
+        overflow = ~np.isfinite(y)
+        if overflow.any():  # finite features so large that the prediction is not
+            raise UserError(f"row {n + int(np.argmax(overflow)) + 1}: the prediction overflows "
+                            "float64; the feature values are far outside any real house")
+        out.write("\n".join(format_values(y)) + "\n")
         n += len(X)
     return n
 

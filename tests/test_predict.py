@@ -1,15 +1,19 @@
 """The predictor: input formats, every kind of bad input, and agreement with the pipeline."""
+import csv
 import io
 import json
+import math
 import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stages import predict, quantizers
-from stages.common import FEATURES, read_table, read_xy
+from stages.common import FEATURES, UserError, read_table, read_xy
 from tests.conftest import project_env, sh
 
 HEADER = ",".join(FEATURES)
@@ -280,3 +284,167 @@ def test_a_closed_pipe_ends_the_run_quietly(built_repo, tmp_path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert float(first) > 0 and stderr == ""
+
+
+# --- fuzzing (hypothesis) -----------------------------------------------------
+# Random rows, some of them bad, go through the same parsing and prediction as the
+# CLI (predict_stream, with small chunks so that chunk boundaries fall anywhere).
+# The oracle says, independently of the parser, which rows are bad: a bad input
+# must raise UserError with a one-line message, and the output must hold exactly
+# the predictions of some whole chunks before the first bad row, never one for it.
+
+FUZZ_MODEL = quantizers.quantize(np.linspace(-1, 1, 8), 0.5, scheme="window", bits=8,
+                                 margin=0.05, feature_names=FEATURES)
+FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
+NO_NEWLINE = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
+
+
+def run_stream(data, fmt, chunk_rows):
+    """(printed lines, the UserError or None) for ``data`` read as the CLI reads stdin."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    stream = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline="")
+    out = io.StringIO()
+    try:
+        predict.predict_stream(FUZZ_MODEL, stream, out, fmt, chunk_rows)
+    except UserError as err:
+        assert "\n" not in str(err) and str(err), repr(str(err))
+        return out.getvalue().splitlines(), err
+    return out.getvalue().splitlines(), None
+
+
+def prediction(row):
+    """The model's prediction for one parsed row; None if it overflows (a bad row too)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = float(FUZZ_MODEL.predict(np.array([row]))[0])
+    return y if math.isfinite(y) else None
+
+
+def check_output(lines, err, rows, first_bad, chunk_rows):
+    """``rows``: the parsed float rows before ``first_bad`` (None if every row is good)."""
+    expected = predict.format_values([prediction(row) for row in rows])
+    if first_bad is None:
+        assert err is None
+        assert lines == expected
+    else:
+        assert err is not None, "a bad row was accepted"
+        assert len(lines) <= first_bad and len(lines) % chunk_rows == 0
+        assert lines == expected[:len(lines)]
+
+
+def check_named_row(err, rows, first_bad, chunk_rows):
+    """The error names the first bad row; if that row only overflows (it parses), a row of
+    the same chunk that does not parse may be named instead, as parsing comes first."""
+    named = re.search(r"\brow (\d+)\b", str(err))
+    assert named, str(err)
+    named = int(named.group(1)) - 1
+    if rows[first_bad] is not None:  # parses, but its prediction overflows
+        assert first_bad <= named < (first_bad // chunk_rows + 1) * chunk_rows, str(err)
+    else:
+        assert named == first_bad, str(err)
+
+
+def csv_value(cell: str):
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+csv_cell = st.one_of(FINITE.map(repr), FINITE.map(repr), st.text(max_size=6),
+                     st.sampled_from(["nan", "-inf", "1e999", "", " ", "1,5", "0x1p3", "1_0"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(csv_cell, min_size=7, max_size=9), min_size=1, max_size=10),
+       chunk_rows=st.integers(1, 4))
+def test_fuzzed_csv_rows_are_predicted_or_refused_in_one_line(rows, chunk_rows):
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([FEATURES, *rows])
+    parsed = [[csv_value(c) for c in row] for row in rows]
+    parsed = [None if len(row) != 8 or None in row else row for row in parsed]
+    first_bad = next((i for i, row in enumerate(parsed)
+                      if row is None or prediction(row) is None), None)
+    lines, err = run_stream(text.getvalue(), "csv", chunk_rows)
+    check_output(lines, err, parsed[:first_bad], first_bad, chunk_rows)
+    if first_bad is not None:
+        check_named_row(err, parsed, first_bad, chunk_rows)
+
+
+json_value = st.one_of(FINITE, FINITE, st.integers(-10**400, 10**400),
+                       st.sampled_from([float("nan"), float("inf"), True, None, "1.5", [1.0]]))
+
+
+@st.composite
+def json_line(draw):
+    """A line of JSON lines input and its parsed row (None if the row is bad)."""
+    kind = draw(st.sampled_from(["good", "good", "values", "keys", "text"]))
+    if kind == "text":
+        line = draw(st.text(NO_NEWLINE, min_size=1, max_size=30).filter(str.strip))
+    else:
+        keys = list(FEATURES)
+        if kind == "keys":
+            keys = draw(st.lists(st.sampled_from(FEATURES + ("Extra", "medinc")),
+                                 min_size=7, max_size=9, unique=True))
+        values_ = FINITE if kind == "good" else json_value
+        line = json.dumps({k: draw(values_) for k in keys})
+    return line, json_row_oracle(line)
+
+
+def json_row_oracle(line: str):
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or sorted(obj) != sorted(FEATURES):
+        return None
+    row = []
+    for feature in FEATURES:
+        value = obj[feature]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+        if not math.isfinite(value):
+            return None
+        row.append(value)
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(json_line(), min_size=1, max_size=10), chunk_rows=st.integers(1, 4))
+def test_fuzzed_json_lines_are_predicted_or_refused_in_one_line(lines, chunk_rows):
+    parsed = [row for _, row in lines]
+    first_bad = next((i for i, row in enumerate(parsed)
+                      if row is None or prediction(row) is None), None)
+    text = "".join(line + "\n" for line, _ in lines)
+    out, err = run_stream(text, "jsonl", chunk_rows)
+    check_output(out, err, parsed[:first_bad], first_bad, chunk_rows)
+    if first_bad is not None:
+        check_named_row(err, parsed, first_bad, chunk_rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=200), st.text(max_size=200),
+                      st.text(max_size=200).map(lambda t: HEADER + "\n" + t),
+                      st.text(max_size=200).map(lambda t: GOOD_CSV + t)),
+       chunk_rows=st.integers(1, 4))
+def test_any_input_is_predicted_or_refused_in_one_line(data, chunk_rows):
+    lines, err = run_stream(data, "auto", chunk_rows)  # any other exception fails the test
+    for line in lines:
+        assert math.isfinite(float(line))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row=st.lists(csv_cell, min_size=8, max_size=8).filter(
+    lambda r: None in [csv_value(c) for c in r]))
+def test_cli_refuses_a_fuzzed_bad_row_with_one_line(built_repo, row):
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([FEATURES, ROW.split(","), row])
+    proc = predict_cli(built_repo, stdin=text.getvalue())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: row 2 ")
+    assert len(proc.stdout.splitlines()) <= 1  # the good first row at most, never the bad one

@@ -103,8 +103,10 @@ def test_repro_killed_mid_write_leaves_whole_files_and_recovers(repo, tmp_path):
     dvc("repro", "-f", cwd=repo)
     assert outputs(repo) == recovered
 
-    # No file was ever half-written: each was the old or the new one, whole.
+    # No output was ever half-written: each was the old or the new one, whole. (DVC
+    # records each stage in dvc.lock as it completes, so that one is a third state.)
     for snapshot in (after_split_kill, after_evaluate_kill):
+        assert "evaluate" in yaml.safe_load(snapshot.pop("dvc.lock"))["stages"]
         for path, content in snapshot.items():
             assert content in (before.get(path), recovered[path]), path
     assert read_json(repo / "metrics/quant.json") != json.loads(before["metrics/quant.json"])
@@ -132,12 +134,13 @@ TAMPERED_MODELS = {
 
 
 @pytest.mark.parametrize("case", TAMPERED_MODELS)
-def test_tampered_quantized_model_is_refused_by_evaluate(repo, case):
+def test_tampered_quantized_model_is_refused_by_evaluate_and_predictor(repo, case):
     tamper, message = TAMPERED_MODELS[case]
     tamper(repo / "models/quant.json")
     before = outputs(repo)
-    proc = sh([sys.executable, "-m", "stages.evaluate"], repo, check=False)
-    one_line_error(proc, "models/quant.json", message)
+    for command in (["stages.evaluate"], ["stages.predict", "--sample", "3"]):
+        proc = sh([sys.executable, "-m", *command], repo, check=False)
+        one_line_error(proc, "models/quant.json", message)
     assert outputs(repo) == before
 
 
@@ -147,6 +150,10 @@ def drop_last_row(path: Path) -> None:
 
 def duplicate_last_row(path: Path) -> None:
     path.write_text(path.read_text() + path.read_text().splitlines(keepends=True)[-1])
+
+
+def drop_a_coefficient(path: Path) -> None:
+    edit_json(path, lambda d: d["coef"].pop())
 
 
 def nan_in_row_3(path: Path) -> None:
@@ -162,22 +169,22 @@ TAMPERED_DATA = [  # (stage that reads it, file, edit, what the line says)
     ("train", "data/train.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
     ("evaluate", "data/test.csv", drop_last_row, "has 4127 rows, expected 4128"),
     ("evaluate", "data/test.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
-    ("quantize", "models/float.json", lambda p: edit_json(p, lambda d: d["coef"].pop()),
-     "does not hold 8 finite coefficients"),
+    ("quantize", "models/float.json", drop_a_coefficient, "does not hold 8 finite coefficients"),
 ]
 
 
 @pytest.mark.parametrize("stage,path,tamper,message", TAMPERED_DATA,
                          ids=[f"{c[0]}-{c[2].__name__}" for c in TAMPERED_DATA])
-def test_tampered_data_is_refused_by_the_stage_that_reads_it(repo, stage, path, tamper, message):
+def test_tampered_data_is_refused_by_the_stage_that_reads_it(repo, built_repo, stage, path, tamper,
+                                                             message):
     tamper(repo / path)
     before = outputs(repo)
     proc = sh([sys.executable, "-m", f"stages.{stage}"], repo, check=False)
     one_line_error(proc, path, message)
     assert outputs(repo) == before
     # DVC sees the edited file and rebuilds it from its own stage: the pipeline heals.
-    dvc("repro", cwd=repo)
-    assert "up to date" in dvc("status", cwd=repo).stdout
+    assert "Running stage" in dvc("repro", cwd=repo).stdout
+    assert outputs(repo) == outputs(built_repo)
 
 
 # --- concurrency ------------------------------------------------------------

@@ -8,6 +8,11 @@ A quantised model is a ``QuantizedModel``: the scheme's name, the bit width, the
 feature names in order, and a dict of small numpy arrays in the dtypes that are
 stored. Only those arrays are needed for inference; ``payload_bytes`` is the sum
 of their sizes.
+
+Schemes (``SCHEMES``): ``window``, the seed project's, kept for comparison;
+``affine``, per-tensor with an integer zero point; ``pow2``, a power-of-two
+scale per coefficient. The last two keep the intercept as a float32, can re-fit
+it after quantising the coefficients, and can round error-aware.
 """
 from __future__ import annotations
 
@@ -195,22 +200,23 @@ ROUNDINGS = ("nearest", "error_aware")
 MAX_SEARCH_COEFS = 16  # error-aware rounding tries 2**n roundings
 
 
-def training_mse(weights, X, y, intercept=None) -> np.ndarray:
-    """Mean squared error on (X, y) of each row of ``weights``.
+def rounding_cost(deltas, coef, X, y, intercept=None) -> np.ndarray:
+    """Training MSE of ``coef + delta`` minus that of ``coef``, for each row of ``deltas``.
 
-    With ``intercept=None`` each row gets its best intercept (the mean
-    residual), so the error is the variance of its residuals.
+    With ``intercept=None`` every candidate gets its best intercept (the mean
+    residual). Written as d'Gd - 2 d'X'r / m, with r the residual of ``coef``,
+    so the tiny differences between candidates are not lost next to the MSE
+    itself: the chosen rounding does not depend on the last bits of a sum.
     """
     X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    residual = np.asarray(y, dtype=np.float64) - X @ coef
     if intercept is None:
-        X, y = X - X.mean(axis=0), y - y.mean()
+        X, residual = X - X.mean(axis=0), residual - residual.mean()
     else:
-        y = y - intercept
-    m = len(y)
-    gram, cross = X.T @ X / m, X.T @ y / m
-    W = np.atleast_2d(weights)
-    return y @ y / m - 2 * (W @ cross) + np.einsum("ij,jk,ik->i", W, gram, W)
+        residual = residual - intercept
+    m = len(residual)
+    gram, cross = X.T @ X / m, X.T @ residual / m
+    return np.einsum("ij,jk,ik->i", deltas, gram, deltas) - 2 * (deltas @ cross)
 
 
 def round_codes(grid: Grid, coef, rounding="nearest", calibration=None, intercept=None):
@@ -221,7 +227,8 @@ def round_codes(grid: Grid, coef, rounding="nearest", calibration=None, intercep
     lowest error on ``calibration`` = (X, y), with ``intercept`` fixed or, if
     None, re-fitted.
     """
-    t = np.asarray(coef, dtype=np.float64) / grid.step
+    coef = np.asarray(coef, dtype=np.float64)
+    t = coef / grid.step
     if rounding == "nearest":
         return np.clip(np.rint(t), grid.lo, grid.hi).astype(np.int64)
     if len(t) > MAX_SEARCH_COEFS:
@@ -231,8 +238,8 @@ def round_codes(grid: Grid, coef, rounding="nearest", calibration=None, intercep
     ceil = np.clip(np.ceil(t), grid.lo, grid.hi)
     up = (np.arange(2**len(t))[:, None] >> np.arange(len(t))) & 1
     candidates = floor + up * (ceil - floor)
-    best = int(np.argmin(training_mse(candidates * grid.step, *calibration, intercept)))
-    return candidates[best].astype(np.int64)
+    cost = rounding_cost(candidates * grid.step - coef, coef, *calibration, intercept)
+    return candidates[int(np.argmin(cost))].astype(np.int64)
 
 
 def refit_intercept(weights, X, y) -> float:

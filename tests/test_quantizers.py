@@ -336,3 +336,22 @@ def test_tampered_sound_files_are_refused_with_one_line(tmp_path, scheme, bits, 
     with pytest.raises(qz.ModelFileError, match=message) as info:
         qz.load(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", tuple(qz.SCHEMES))
+def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    coef, intercept = random_model(2)
+    m = qz.quantize(coef, intercept, scheme=scheme, bits=4, margin=0.05, feature_names=NAMES)
+    path = tmp_path / "q.json"
+    path.write_text(qz.dumps(m))
+    code = ("import sys, numpy as np; from stages import quantizers as q; "
+            f"m = q.load({str(path)!r}); print(m.predict(np.eye({len(NAMES)})).tolist()); "
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'sklearn', 'scipy', 'joblib', 'yaml'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    np.testing.assert_array_equal(json.loads(out[0]), m.predict(np.eye(len(NAMES))))
+    assert out[1] == "[]"

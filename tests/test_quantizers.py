@@ -1,8 +1,13 @@
 """Unit tests of the pure quantisation module on small synthetic models."""
+import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from stages import quantizers as qz
 
@@ -115,8 +120,6 @@ def test_truncated_and_missing_files_are_refused(tmp_path):
 
 
 # --- the sound schemes: properties over random coefficient vectors ------------
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 SOUND = ("affine", "pow2")
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -247,14 +250,14 @@ def test_error_aware_rounding_never_fits_worse_and_stays_within_a_step(seed, n, 
 
 def test_error_aware_rounding_matches_a_brute_force_search():
     X, y, coef = regression_data(3, 5)
-    m = quantized(coef, "pow2", 3, None, rounding="error_aware", refit_intercept=True,
-                  calibration=(X, y))
+    kw = dict(refit_intercept=True, calibration=(X, y))
+    m = quantized(coef, "pow2", 3, None, rounding="error_aware", **kw)
+    assert np.any(m.coef != quantized(coef, "pow2", 3, None, **kw).coef)  # not just nearest
     step = steps(m)
-    best = min(
-        (mse_with_best_intercept(np.array(w), X, y), w) for w in
-        __import__("itertools").product(*[(np.floor(c / s) * s, np.ceil(c / s) * s)
-                                          for c, s in zip(coef, step)]))
-    np.testing.assert_array_equal(m.coef, best[1])
+    roundings = itertools.product(*[(np.floor(c / s) * s, np.ceil(c / s) * s)
+                                    for c, s in zip(coef, step)])
+    best = min(roundings, key=lambda w: mse_with_best_intercept(np.array(w), X, y))
+    np.testing.assert_array_equal(m.coef, best)
 
 
 @pytest.mark.parametrize("scheme", SOUND)
@@ -340,10 +343,6 @@ def test_tampered_sound_files_are_refused_with_one_line(tmp_path, scheme, bits, 
 
 @pytest.mark.parametrize("scheme", tuple(qz.SCHEMES))
 def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     coef, intercept = random_model(2)
     m = qz.quantize(coef, intercept, scheme=scheme, bits=4, margin=0.05, feature_names=NAMES)
     path = tmp_path / "q.json"

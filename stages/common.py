@@ -150,14 +150,24 @@ def write_json(path: Path | str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def format_csv(header, table: np.ndarray) -> str:
-    """CSV text with shortest round-trip floats, so a reload gives the same bits."""
+def format_csv(header, table) -> str:
+    """CSV text with shortest round-trip floats, so a reload gives the same bits.
+
+    ``table`` is an array (every value written as a float) or a list of rows,
+    in which Python ints are written as integers.
+    """
+    if isinstance(table, np.ndarray):
+        table = np.asarray(table, dtype=np.float64).tolist()
+
+    def cell(v) -> str:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else repr(float(v))
+
     lines = [",".join(header)]
-    lines.extend(",".join(map(repr, row)) for row in np.asarray(table, dtype=np.float64).tolist())
+    lines.extend(",".join(map(cell, row)) for row in table)
     return "\n".join(lines) + "\n"
 
 
-def write_table(path: Path | str, header, table: np.ndarray) -> None:
+def write_table(path: Path | str, header, table) -> None:
     atomic_write_text(path, format_csv(header, table))
 
 

@@ -1,14 +1,15 @@
 """Stage evaluate: score the float and the quantised model on the test split.
 
 Writes one metrics file per model with the same keys, so that ``dvc metrics show``
-lines them up, and a compare file with the quant-minus-float deltas.
+lines them up, a compare file with the quant-minus-float deltas, and each test
+row's predictions and residuals (actual minus predicted) for the plots.
 """
 import os
 
 import numpy as np
 
 from stages import quantizers, train
-from stages.common import read_xy, run, write_json, write_table
+from stages.common import FEATURES, UserError, read_xy, run, write_json, write_table
 
 TEST = "data/test.csv"
 QUANT = "models/quant.json"
@@ -42,6 +43,9 @@ def main() -> None:
     X, y = read_xy(TEST)
     fmodel = train.load(train.OUT)
     qmodel = quantizers.load(QUANT)
+    if qmodel.feature_names != FEATURES:
+        raise UserError(f"{QUANT} expects features {', '.join(qmodel.feature_names)}, "
+                        f"not {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'")
     float_pred = fmodel.predict(X)
     quant_pred = qmodel.predict(X)
 
@@ -56,8 +60,10 @@ def main() -> None:
     write_json(METRICS["float"], float_m)
     write_json(METRICS["quant"], quant_m)
     write_json(METRICS["compare"], compare(float_m, quant_m, float_pred, quant_pred))
-    table = np.round(np.column_stack([y, float_pred, quant_pred]), DECIMALS)
-    write_table(PREDICTIONS, ("actual", "float", "quant"), table)
+    table = np.round(np.column_stack([y, float_pred, quant_pred,
+                                      y - float_pred, y - quant_pred]), DECIMALS)
+    write_table(PREDICTIONS, ("actual", "float", "quant", "float_residual", "quant_residual"),
+                table)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
     X, y = read_xy(TEST)
     fmodel = train.load(train.OUT)
     qmodel = quantizers.load(QUANT)
-    float_pred = fmodel.predict(X)
+    float_pred = train.predict(fmodel, X)
     quant_pred = qmodel.predict(X)
 
     float_m = scores(y, float_pred) | {

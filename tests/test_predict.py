@@ -207,7 +207,7 @@ def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
     model = quantizers.load(built_repo / "models/quant.json")
     alone = np.concatenate([model.predict(X[i:i + 1]) for i in range(len(X))])
     out = io.StringIO()
-    n = predict.predict_stream(model, io.StringIO(features_csv(X)), out, chunk_rows=7)
+    n = predict.predict_stream(model.predict, io.StringIO(features_csv(X)), out, chunk_rows=7)
     assert n == len(X)
     np.testing.assert_array_equal(values(out.getvalue()), alone)
 

@@ -199,7 +199,12 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
 
     floats = values(predict_cli(built_repo, str(path), "--model", "float", check=True).stdout)
     assert len(floats) == len(X)
-    np.testing.assert_allclose(floats, plotted[:, 1], rtol=0, atol=5e-7 + 1e-12)
+    np.testing.assert_array_equal(np.round(floats, 6), plotted[:, 1])
+    # and within rounding error of scikit-learn's own predict (which goes through BLAS)
+    code = ("from stages import train; from stages.common import read_xy; "
+            "print(*train.load().predict(read_xy('data/test.csv')[0]).tolist())")
+    sklearn_pred = values(sh([sys.executable, "-c", code], built_repo).stdout)
+    np.testing.assert_allclose(floats, sklearn_pred, rtol=1e-13, atol=1e-13)
 
 
 def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):

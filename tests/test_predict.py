@@ -1,6 +1,7 @@
 """The predictor: input formats, every kind of bad input, and agreement with the pipeline."""
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -234,6 +235,25 @@ def test_sample_if_no_input_prints_the_sample_unless_rows_are_piped(built_repo):
     assert alone == predict_cli(built_repo, "--sample", "3", check=True).stdout
     piped = predict_cli(built_repo, "--sample-if-no-input", "3", stdin=GOOD_CSV, check=True)
     assert len(piped.stdout.splitlines()) == 2 and "Sample" not in piped.stdout
+
+
+def test_a_terminal_on_stdin_is_not_waited_on(built_repo):
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        run = [sys.executable, "-m", "stages.predict"]
+        proc = subprocess.run(run, cwd=built_repo, env=project_env(), stdin=terminal,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error: no input:") and "--sample N" in proc.stderr
+        sample = subprocess.run(run + ["--sample-if-no-input", "2"], cwd=built_repo,
+                                env=project_env(), stdin=terminal, capture_output=True,
+                                text=True, timeout=30)
+        assert sample.stdout.startswith("Sample predictions: [")
+    finally:
+        os.close(controller)
+        os.close(terminal)
 
 
 def test_file_stdin_and_dash_give_the_same_output(built_repo, tmp_path):

@@ -46,7 +46,7 @@ def main() -> None:
     if qmodel.feature_names != FEATURES:
         raise UserError(f"{QUANT} expects features {', '.join(qmodel.feature_names)}, "
                         f"not {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'")
-    float_pred = fmodel.predict(X)
+    float_pred = train.predict(fmodel, X)
     quant_pred = qmodel.predict(X)
 
     float_m = scores(y, float_pred) | {

@@ -1,5 +1,6 @@
 """End to end: the real pipeline, run with DVC in a copy of the project."""
 import json
+import platform
 import re
 
 import numpy as np
@@ -112,6 +113,43 @@ def test_experiment_reruns_only_quantize_and_evaluate(repo):
 def test_repro_is_byte_for_byte_reproducible(repo):
     before = {p: (repo / p).read_bytes() for p in
               ("dvc.lock", "metrics/float.json", "metrics/quant.json", "metrics/compare.json")}
+    dvc("repro", "-f", cwd=repo)
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+
+
+RAW_FIT = ("import sys; from sklearn.linear_model import LinearRegression; "
+           "from stages.common import read_xy; "
+           "m = LinearRegression().fit(*read_xy('data/train.csv')); "
+           "print([float(v).hex() for v in m.coef_])")
+
+
+def other_cpu_env() -> dict:
+    """Env vars that make this machine compute like an old x86-64 CPU.
+
+    OpenBLAS (under numpy and scipy) picks its SSE3 kernels, and numpy its
+    baseline loops instead of the AVX2/AVX-512 ones: the BLAS and SIMD paths
+    in which GitHub's runners (or any other machine) may differ from this one.
+    """
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    dispatched = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    return {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched)}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernel names")
+def test_outputs_are_the_same_bytes_with_other_blas_kernels_and_simd(repo, monkeypatch):
+    outputs = ["dvc.lock", "data/housing.csv", "data/train.csv", "data/test.csv",
+               "data/sample.csv", "models/float.joblib", "models/quant.json",
+               "metrics/float.json", "metrics/quant.json", "metrics/compare.json",
+               "plots/predictions.csv"]
+    before = {p: (repo / p).read_bytes() for p in outputs}
+    raw_here = sh(["python", "-c", RAW_FIT], repo).stdout
+    for name, value in other_cpu_env().items():
+        monkeypatch.setenv(name, value)
+    raw_there = sh(["python", "-c", RAW_FIT], repo).stdout
+    if raw_there == raw_here:
+        pytest.skip("OPENBLAS_CORETYPE changed nothing here: no other kernel to compare with")
     dvc("repro", "-f", cwd=repo)
     for path, content in before.items():
         assert (repo / path).read_bytes() == content, path

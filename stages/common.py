@@ -170,20 +170,31 @@ def write_json(path: Path | str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def format_csv(header, table: np.ndarray, chunk_rows: int = 20_000):
+def format_csv(header, table, chunk_rows: int = 20_000):
     """CSV text in pieces, floats as shortest round-trip decimals so a reload gives the same bits.
 
-    Pieces of ``chunk_rows`` rows keep memory flat: the whole text of a large
-    table is several times the size of the array.
+    ``table`` is an array (every value written as a float) or a list of rows, in
+    which Python ints are written as integers. Pieces of ``chunk_rows`` rows keep
+    memory flat: the whole text of a large table is several times its size.
     """
-    table = np.asarray(table, dtype=np.float64)
     yield ",".join(header) + "\n"
+    if isinstance(table, np.ndarray):
+        table, cell = np.asarray(table, dtype=np.float64), repr
+    else:
+        cell = _cell
     for start in range(0, len(table), chunk_rows):
-        rows = table[start:start + chunk_rows].tolist()
-        yield "".join(",".join(map(repr, row)) + "\n" for row in rows)
+        rows = table[start:start + chunk_rows]
+        rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
+        yield "".join(",".join(map(cell, row)) + "\n" for row in rows)
 
 
-def write_table(path: Path | str, header, table: np.ndarray) -> None:
+def _cell(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return repr(float(value))
+
+
+def write_table(path: Path | str, header, table) -> None:
     with atomic_open(path) as fh:
         for piece in format_csv(header, table):
             fh.write(piece.encode("utf-8"))

@@ -1,7 +1,8 @@
 """Stage evaluate: score the float and the quantised model on the test split.
 
 Writes one metrics file per model with the same keys, so that ``dvc metrics show``
-lines them up, and a compare file with the quant-minus-float deltas.
+lines them up, a compare file with the quant-minus-float deltas, and each test
+row's predictions and residuals (actual minus predicted) for the plots.
 
 Numpy only: both models are read from JSON and the metrics are a few lines of
 arithmetic, so this stage, which every experiment re-runs, does not pay the
@@ -13,7 +14,8 @@ import os
 import numpy as np
 
 from stages import quantizers, train
-from stages.common import load_params, read_xy, run, split_rows, write_json, write_table
+from stages.common import (FEATURES, UserError, load_params, read_xy, run, split_rows,
+                           write_json, write_table)
 from stages.split import RULES as SPLIT_RULES
 
 TEST = "data/test.csv"
@@ -51,7 +53,11 @@ def main() -> None:
     X, y = read_xy(TEST, rows=split_rows(test_size)["test"])
     coef, intercept = train.load_weights()
     qmodel = quantizers.load(QUANT)
-    float_pred = X @ coef + intercept  # what LinearRegression.predict computes
+    if qmodel.feature_names != FEATURES:
+        raise UserError(f"{QUANT} expects features {', '.join(qmodel.feature_names)}, "
+                        f"not {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'")
+    # summed in the same fixed order as the quantised model's (see train.predict)
+    float_pred = quantizers.linear_predict(X, coef, intercept)
     quant_pred = qmodel.predict(X)
 
     float_m = scores(y, float_pred) | {
@@ -65,8 +71,10 @@ def main() -> None:
     write_json(METRICS["float"], float_m)
     write_json(METRICS["quant"], quant_m)
     write_json(METRICS["compare"], compare(float_m, quant_m, float_pred, quant_pred))
-    table = np.round(np.column_stack([y, float_pred, quant_pred]), DECIMALS)
-    write_table(PREDICTIONS, ("actual", "float", "quant"), table)
+    table = np.round(np.column_stack([y, float_pred, quant_pred,
+                                      y - float_pred, y - quant_pred]), DECIMALS)
+    write_table(PREDICTIONS, ("actual", "float", "quant", "float_residual", "quant_residual"),
+                table)
 
 
 if __name__ == "__main__":

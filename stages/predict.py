@@ -80,10 +80,10 @@ def _positive_int(text: str) -> int:
 
 # --- models -----------------------------------------------------------------
 
-def load_model(kind: str):
-    """The model behind ``--model``: anything with ``predict(X)`` on rows of FEATURES."""
+def load_predictor(kind: str):
+    """The prediction function of the ``--model``: rows of FEATURES in, float64 values out."""
     if kind == "quant":
-        return quantizers.load(QUANT)
+        return quantizers.load(QUANT).predict
     import importlib.util
 
     if not all(importlib.util.find_spec(m) for m in ("sklearn", "joblib")):
@@ -91,7 +91,8 @@ def load_model(kind: str):
                         "here (the Docker image serves the quantised model); use --model quant")
     from stages import train
 
-    return train.load(train.OUT)
+    model = train.load(train.OUT)
+    return lambda X: train.predict(model, X)
 
 
 # --- input ------------------------------------------------------------------
@@ -300,21 +301,21 @@ def format_values(values) -> list[str]:
     return [repr(v) for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
-def sample_line(model, n: int) -> str:
+def sample_line(predict, n: int) -> str:
     """'Sample predictions: [...]' for the first ``n`` rows of the saved test split."""
     X = read_table(SAMPLE, FEATURES)
     if n > len(X):
         raise UserError(f"--sample {n}: {SAMPLE} holds the first {len(X)} rows of the test "
                         f"split; use N from 1 to {len(X)}")
-    return "Sample predictions: [" + ", ".join(format_values(model.predict(X[:n]))) + "]"
+    return "Sample predictions: [" + ", ".join(format_values(predict(X[:n]))) + "]"
 
 
-def predict_stream(model, stream, out, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS) -> int:
+def predict_stream(predict, stream, out, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS) -> int:
     """Write one prediction per input row to ``out``; return the number of rows."""
     n = 0
     for X in read_chunks(stream, fmt, chunk_rows):
         with np.errstate(over="ignore", invalid="ignore"):
-            y = model.predict(X)
+            y = predict(X)
         overflow = ~np.isfinite(y)
         if overflow.any():  # finite features so large that the prediction is not
             raise UserError(f"row {n + int(np.argmax(overflow)) + 1}: the prediction overflows "
@@ -331,13 +332,13 @@ def main(argv=None) -> None:
         n_sample = args.sample_if_no_input
     try:
         if n_sample:
-            line = sample_line(load_model(args.model), n_sample)
+            line = sample_line(load_predictor(args.model), n_sample)
             sys.stdout.write(line + "\n")
         else:
             stream = open_input(args.input)
-            model = load_model(args.model)
+            predict = load_predictor(args.model)
             with stream:
-                predict_stream(model, stream, sys.stdout, args.format)
+                predict_stream(predict, stream, sys.stdout, args.format)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (e.g. `| head`): not an error. Point stdout at

@@ -1,22 +1,34 @@
-"""Stage quantize: quantise the float model's parameters to a few bits, saved as JSON."""
-from stages import quantizers, train
-from stages.common import (FEATURES, atomic_write_text, int_in, load_params, number_above,
-                           one_of, run)
+"""Stage quantize: quantise the float model's parameters to a few bits, saved as JSON.
 
+The sound schemes can re-fit the intercept and round error-aware; both use the
+training split as calibration data. The seed's ``window`` scheme ignores them.
+"""
+from stages import quantizers, train
+from stages.common import (FEATURES, atomic_write_text, boolean, int_in, load_params,
+                           number_above, one_of, read_xy, run, split_rows)
+from stages.split import RULES as SPLIT_RULES
+
+TRAIN = "data/train.csv"
 OUT = "models/quant.json"
 RULES = {
     "scheme": one_of(*quantizers.SCHEMES),
     "bits": int_in(2, 16),
     "margin": number_above(0),
+    "refit_intercept": boolean(),
+    "rounding": one_of(*quantizers.ROUNDINGS),
 }
 
 
 def main() -> None:
     params = load_params("quantize", RULES)
+    test_size = load_params("split", SPLIT_RULES)["test_size"]
+    calibration = read_xy(TRAIN, rows=split_rows(test_size)["train"])
     coef, intercept = train.load_weights()
     qmodel = quantizers.quantize(coef, intercept, scheme=params["scheme"],
                                  bits=params["bits"], margin=params["margin"],
-                                 feature_names=FEATURES)
+                                 rounding=params["rounding"],
+                                 refit_intercept=params["refit_intercept"],
+                                 calibration=calibration, feature_names=FEATURES)
     atomic_write_text(OUT, quantizers.dumps(qmodel))
 
 

@@ -16,7 +16,8 @@ from stages.split import RULES as SPLIT_RULES
 from tests.conftest import ROOT
 
 GOOD = {"split": {"test_size": 0.2, "seed": 42},
-        "quantize": {"scheme": "window", "bits": 8, "margin": 0.05}}
+        "quantize": {"scheme": "window", "bits": 8, "margin": 0.05, "refit_intercept": True,
+                     "rounding": "nearest"}}
 
 
 def with_value(section, key, value):
@@ -42,7 +43,10 @@ def test_good_params_pass():
     ("quantize", QUANTIZE_RULES, "bits", True, "an integer from 2 to 16"),
     ("quantize", QUANTIZE_RULES, "margin", 0, "a number greater than 0"),
     ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number greater than 0"),
-    ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window"),
+    ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window, affine, pow2"),
+    ("quantize", QUANTIZE_RULES, "refit_intercept", "yes", "true or false"),
+    ("quantize", QUANTIZE_RULES, "refit_intercept", 1, "true or false"),
+    ("quantize", QUANTIZE_RULES, "rounding", "floor", "one of nearest, error_aware"),
 ])
 def test_bad_values_name_key_and_allowed(section, rules, key, value, allowed):
     with pytest.raises(common.UserError) as info:
@@ -72,6 +76,13 @@ def test_table_round_trip_is_bit_exact(tmp_path):
     table = np.random.default_rng(0).normal(size=(20, 3)) * 1e3
     common.write_table(tmp_path / "t.csv", ("a", "b", "c"), table)
     np.testing.assert_array_equal(common.read_table(tmp_path / "t.csv", ("a", "b", "c")), table)
+
+
+def test_table_rows_keep_python_ints_as_integers(tmp_path):
+    common.write_table(tmp_path / "t.csv", ("n", "x"), [[2, 0.1], [16, 3.0]])
+    assert (tmp_path / "t.csv").read_text() == "n,x\n2,0.1\n16,3.0\n"
+    np.testing.assert_array_equal(common.read_table(tmp_path / "t.csv", ("n", "x")),
+                                  [[2, 0.1], [16, 3.0]])
 
 
 @pytest.mark.parametrize("content,message", [

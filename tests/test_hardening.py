@@ -120,14 +120,20 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(doc, indent=2))
 
 
+def code_out_of_range(doc) -> None:
+    # pow2 codes are symmetric two's complement: 8 bits hold -127..127, never -128 (0x80)
+    assert (doc["scheme"], doc["bits"]) == ("pow2", 8), "written for the default pow2 8-bit model"
+    doc["arrays"]["codes"]["values"][0] = 0x80
+
+
 TAMPERED_MODELS = {
     "bad JSON": (lambda p: p.write_text(p.read_text()[:-20]), "corrupt or truncated"),
     "wrong shape": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].pop()),
-                    "array 'codes' must be 9"),
+                    "array 'codes' must be"),
     "wrong version": (lambda p: edit_json(p, lambda d: d.update(version=2)),
                       "format version 2 is not supported"),
-    "code out of range": (lambda p: edit_json(p, lambda d: d.update(bits=4)),
-                          "exceeds the 4-bit range"),
+    "code out of range": (lambda p: edit_json(p, code_out_of_range),
+                          "a code is outside the symmetric 8-bit range"),
     "negative code": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"]
                                           .__setitem__(0, -1)), "do not fit uint"),
 }
@@ -195,7 +201,8 @@ def expected_quant_metrics(repo: Path, **quantize_params) -> dict:
     from stages.common import FEATURES, read_xy
 
     coef, intercept = train.load_weights(str(repo / "models/float.json"))
-    qmodel = quantizers.quantize(coef, intercept, feature_names=FEATURES, **quantize_params)
+    qmodel = quantizers.quantize(coef, intercept, feature_names=FEATURES,
+                                 calibration=read_xy(repo / "data/train.csv"), **quantize_params)
     X, y = read_xy(repo / "data/test.csv")
     return evaluate.scores(y, qmodel.predict(X))
 

@@ -1,4 +1,6 @@
 """End to end: the real pipeline, run with DVC in a copy of the project."""
+import json
+import platform
 import re
 
 import numpy as np
@@ -57,12 +59,39 @@ def test_metrics_show_lists_both_models(built_repo):
 
 
 def test_seed_window_scheme_reproduces_published_figures(repo):
-    set_params(repo, quantize={"scheme": "window", "bits": 8, "margin": 0.05})
-    dvc("repro", cwd=repo)
+    # bits stay at the default 8; window ignores refit_intercept and rounding
+    dvc("exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.margin=0.05", cwd=repo)
     q = read_json(repo / "metrics/quant.json")
     assert q["r2"] == pytest.approx(SEED_WINDOW_R2, abs=5e-5)
     assert q["rmse"] == pytest.approx(SEED_WINDOW_RMSE, abs=5e-5)
     assert q["payload_bytes"] == 9 + 9 * 4 + 9 * 4  # uint8 codes, float32 min and scale
+
+
+# Targets of the default (sound) scheme, from the issue: float64 parameters are 72 B.
+TARGETS = {8: (0.001, 24), 4: (0.01, 16)}  # bits: (max |delta R2|, max payload_bytes)
+
+
+def check_target(repo, bits):
+    f = read_json(repo / "metrics/float.json")
+    q = read_json(repo / "metrics/quant.json")
+    max_delta, max_payload = TARGETS[bits]
+    assert abs(q["r2"] - f["r2"]) <= max_delta, (q, f)
+    assert q["payload_bytes"] <= max_payload, q
+    stored = sh(["python", "-c", "from stages import quantizers as q; "
+                 "print(q.load('models/quant.json').bits)"], repo).stdout
+    assert int(stored) == bits
+
+
+def test_default_scheme_is_sound_and_meets_the_8_bit_target(built_repo):
+    params = yaml.safe_load((built_repo / "params.yaml").read_text())["quantize"]
+    assert params["scheme"] != "window" and params["bits"] == 8
+    check_target(built_repo, 8)
+
+
+def test_default_scheme_meets_the_4_bit_target(repo):
+    out = dvc("exp", "run", "-S", "quantize.bits=4", cwd=repo).stdout
+    assert stages_run(out) == {"quantize", "evaluate"}
+    check_target(repo, 4)
 
 
 def test_experiment_reruns_only_quantize_and_evaluate(repo):
@@ -92,6 +121,43 @@ def test_three_forced_runs_are_byte_for_byte_identical(repo):
         assert {p: (repo / p).read_bytes() for p in files} == first
 
 
+RAW_FIT = ("import sys; from sklearn.linear_model import LinearRegression; "
+           "from stages.common import read_xy; "
+           "m = LinearRegression().fit(*read_xy('data/train.csv')); "
+           "print([float(v).hex() for v in m.coef_])")
+
+
+def other_cpu_env() -> dict:
+    """Env vars that make this machine compute like an old x86-64 CPU.
+
+    OpenBLAS (under numpy and scipy) picks its SSE3 kernels, and numpy its
+    baseline loops instead of the AVX2/AVX-512 ones: the BLAS and SIMD paths
+    in which GitHub's runners (or any other machine) may differ from this one.
+    """
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    dispatched = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    return {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched)}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernel names")
+def test_outputs_are_the_same_bytes_with_other_blas_kernels_and_simd(repo, monkeypatch):
+    outputs = ["dvc.lock", "data/housing.csv", "data/train.csv", "data/test.csv",
+               "data/sample.csv", "models/float.joblib", "models/quant.json",
+               "metrics/float.json", "metrics/quant.json", "metrics/compare.json",
+               "plots/predictions.csv"]
+    before = {p: (repo / p).read_bytes() for p in outputs}
+    raw_here = sh(["python", "-c", RAW_FIT], repo).stdout
+    for name, value in other_cpu_env().items():
+        monkeypatch.setenv(name, value)
+    raw_there = sh(["python", "-c", RAW_FIT], repo).stdout
+    if raw_there == raw_here:
+        pytest.skip("OPENBLAS_CORETYPE changed nothing here: no other kernel to compare with")
+    dvc("repro", "-f", cwd=repo)
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+
+
 BAD_PARAMS = [
     ("split", "test_size", 1.0, "split.test_size"),
     ("split", "test_size", 0, "split.test_size"),
@@ -103,6 +169,8 @@ BAD_PARAMS = [
     ("quantize", "margin", -0.1, "quantize.margin"),
     ("quantize", "scheme", "nonsense", "quantize.scheme"),
     ("quantize", "bitz", 8, "quantize.bitz"),
+    ("quantize", "refit_intercept", "yes", "quantize.refit_intercept"),
+    ("quantize", "rounding", "floor", "quantize.rounding"),
 ]
 
 
@@ -147,3 +215,31 @@ def test_offline_without_cache_says_to_set_scikit_learn_data(repo, tmp_path, mon
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "SCIKIT_LEARN_DATA" in proc.stderr
     assert (repo / "data/housing.csv").read_bytes() == before
+
+
+def _drop_last_feature(doc):
+    """A well-formed pow2 8-bit model file for one feature fewer than the pipeline has."""
+    doc["feature_names"].pop()
+    for name in ("codes", "exponents"):
+        doc["arrays"][name]["values"].pop()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda text: text[:len(text) // 2], "corrupt or truncated"),
+    (lambda text: text.replace('"version": 1', '"version": 7'), "version 7 is not supported"),
+    (lambda text: json.dumps(edited(json.loads(text), _drop_last_feature)), "expects features"),
+])
+def test_evaluate_refuses_a_bad_model_file_with_one_line(repo, damage, message):
+    before = (repo / "metrics/quant.json").read_bytes()
+    model = repo / "models/quant.json"
+    model.write_text(damage(model.read_text()))
+    proc = sh(["python", "-m", "stages.evaluate"], repo, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "models/quant.json" in lines[0]
+    assert (repo / "metrics/quant.json").read_bytes() == before
+
+
+def edited(doc, edit):
+    edit(doc)
+    return doc

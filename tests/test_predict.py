@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -203,7 +204,12 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
 
     floats = values(predict_cli(built_repo, str(path), "--model", "float", check=True).stdout)
     assert len(floats) == len(X)
-    np.testing.assert_allclose(floats, plotted[:, 1], rtol=0, atol=5e-7 + 1e-12)
+    np.testing.assert_array_equal(np.round(floats, 6), plotted[:, 1])
+    # and within rounding error of scikit-learn's own predict (which goes through BLAS)
+    code = ("from stages import train; from stages.common import read_xy; "
+            "print(*train.load().predict(read_xy('data/test.csv')[0]).tolist())")
+    sklearn_pred = values(sh([sys.executable, "-c", code], built_repo).stdout)
+    np.testing.assert_allclose(floats, sklearn_pred, rtol=1e-13, atol=1e-13)
 
 
 def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
@@ -211,7 +217,7 @@ def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
     model = quantizers.load(built_repo / "models/quant.json")
     alone = np.concatenate([model.predict(X[i:i + 1]) for i in range(len(X))])
     out = io.StringIO()
-    n = predict.predict_stream(model, io.StringIO(features_csv(X)), out, chunk_rows=7)
+    n = predict.predict_stream(model.predict, io.StringIO(features_csv(X)), out, chunk_rows=7)
     assert n == len(X)
     np.testing.assert_array_equal(values(out.getvalue()), alone)
 
@@ -233,6 +239,25 @@ def test_sample_if_no_input_prints_the_sample_unless_rows_are_piped(built_repo):
     assert alone == predict_cli(built_repo, "--sample", "3", check=True).stdout
     piped = predict_cli(built_repo, "--sample-if-no-input", "3", stdin=GOOD_CSV, check=True)
     assert len(piped.stdout.splitlines()) == 2 and "Sample" not in piped.stdout
+
+
+def test_a_terminal_on_stdin_is_not_waited_on(built_repo):
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        run = [sys.executable, "-m", "stages.predict"]
+        proc = subprocess.run(run, cwd=built_repo, env=project_env(), stdin=terminal,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error: no input:") and "--sample N" in proc.stderr
+        sample = subprocess.run(run + ["--sample-if-no-input", "2"], cwd=built_repo,
+                                env=project_env(), stdin=terminal, capture_output=True,
+                                text=True, timeout=30)
+        assert sample.stdout.startswith("Sample predictions: [")
+    finally:
+        os.close(controller)
+        os.close(terminal)
 
 
 def test_file_stdin_and_dash_give_the_same_output(built_repo, tmp_path):
@@ -305,7 +330,7 @@ def run_stream(data, fmt, chunk_rows):
     stream = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline="")
     out = io.StringIO()
     try:
-        predict.predict_stream(FUZZ_MODEL, stream, out, fmt, chunk_rows)
+        predict.predict_stream(FUZZ_MODEL.predict, stream, out, fmt, chunk_rows)
     except UserError as err:
         assert "\n" not in str(err) and str(err), repr(str(err))
         return out.getvalue().splitlines(), err

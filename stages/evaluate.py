@@ -56,7 +56,7 @@ def main() -> None:
     if qmodel.feature_names != FEATURES:
         raise UserError(f"{QUANT} expects features {', '.join(qmodel.feature_names)}, "
                         f"not {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'")
-    # summed in the same fixed order as the quantised model's (see train.predict)
+    # the same prediction path as the quantised model's
     float_pred = quantizers.linear_predict(X, coef, intercept)
     quant_pred = qmodel.predict(X)
 

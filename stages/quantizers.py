@@ -334,30 +334,20 @@ class QuantizedModel:
 
 
 def linear_predict(X, coef, intercept) -> np.ndarray:
-    """``X @ coef + intercept``, summed one feature at a time in a fixed order.
+    """``X @ coef + intercept`` as float64, the one prediction path of both models.
 
-    BLAS splits and fuses a dot product differently by CPU and batch size, which
-    moves the last bits of a prediction. Separate elementwise products and sums,
-    each rounded exactly by IEEE 754, give the same bits for a row wherever it is
-    computed: in the evaluate stage, in a chunk of the predictor, on any machine.
+    One BLAS matrix-vector product, multithreaded, then an in-place add: at the
+    speed of memory, like a bare ``X @ w + b``. BLAS picks its kernel by CPU and
+    batch shape, so the last bits of a prediction (about 1e-14 here) may differ
+    between machines or between a lone row and a batch; the committed files
+    round predictions and metrics to 6 decimals, far above that.
     """
-    X = np.asarray(X, dtype=np.float64)
-    coef = np.asarray(coef, dtype=np.float64)
-    out = np.empty(len(X))
-    term = np.empty(min(len(X), _BLOCK_ROWS))
-    # Block by block, so that the 8 strided column passes over a block hit the
-    # cache instead of memory, and in place, with no temporary array per feature.
-    for start in range(0, len(X), _BLOCK_ROWS):
-        block = X[start:start + _BLOCK_ROWS]
-        acc, tmp = out[start:start + len(block)], term[:len(block)]
-        np.multiply(block[:, 0], coef[0], out=acc)
-        for j in range(1, X.shape[1]):
-            acc += np.multiply(block[:, j], coef[j], out=tmp)
-        acc += np.float64(intercept)
+    # One memory layout, one kernel: the same rows read from CSV (columns
+    # reordered) or from JSON lines give the same bits.
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    out = X @ np.asarray(coef, dtype=np.float64)
+    out += np.float64(intercept)
     return out
-
-
-_BLOCK_ROWS = 8192  # 8192 rows x 8 features x 8 bytes = 512 KiB, within a core's L2 cache
 
 
 def quantize(coef, intercept, *, scheme, bits, feature_names, margin=None, rounding="nearest",

@@ -45,10 +45,10 @@ def fit(X: np.ndarray, y: np.ndarray):
 
 
 def predict(model, X) -> np.ndarray:
-    """The float model's predictions, summed in a fixed order as the quantised model's are.
+    """The float model's predictions, computed as the quantised model's are.
 
-    ``model.predict`` goes through BLAS, whose last bits vary by CPU and batch size;
-    ``linear_predict`` gives a row the same bits everywhere.
+    ``quantizers.linear_predict`` skips scikit-learn's per-call input checks; the
+    callers have validated X already.
     """
     from stages.quantizers import linear_predict
 

@@ -23,8 +23,15 @@ def project_env() -> dict:
     return env
 
 
+# No command of a test should take this long; a hang then fails one test instead of CI.
+COMMAND_TIMEOUT = 600
+
+
 def sh(args, cwd, check=True, **kw) -> subprocess.CompletedProcess:
     """Run a command in ``cwd``; fail the test with its output if ``check`` and it fails."""
+    kw.setdefault("timeout", COMMAND_TIMEOUT)
+    if "input" not in kw:
+        kw.setdefault("stdin", subprocess.DEVNULL)
     proc = subprocess.run(args, cwd=cwd, env=project_env(), capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
         pytest.fail(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -226,7 +226,12 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
         out = dvc("exp", "run", "--queue", "-S", f"quantize.bits={bits}", cwd=repo).stdout
         names[bits] = out.split("Queued experiment '")[1].split("'")[0]
     try:
-        dvc("queue", "start", "-j", "2", cwd=repo)
+        # The workers DVC starts outlive this command and inherit its stdout and
+        # stderr: hand it a file, not a pipe that would stay open until they exit.
+        with open(repo.parent / "queue-start.log", "w") as log:
+            subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"],
+                           cwd=repo, env=project_env(), stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, timeout=120, check=True)
         deadline = time.monotonic() + 240
         while True:
             status = dvc("queue", "status", cwd=repo).stdout

@@ -3,6 +3,8 @@
 The sound schemes can re-fit the intercept and round error-aware; both use the
 training split as calibration data. The seed's ``window`` scheme ignores them.
 """
+import sys
+
 from stages import quantizers, train
 from stages.common import (FEATURES, atomic_write_text, boolean, int_in, load_params,
                            number_above, one_of, read_xy, run, split_rows)
@@ -19,8 +21,20 @@ RULES = {
 }
 
 
+def unused_keys(scheme: str) -> list[str]:
+    """The quantize params that ``scheme`` ignores (they are validated all the same)."""
+    spec = quantizers.SCHEMES[scheme]
+    return (([] if spec.uses_margin else ["margin"])
+            + ([] if spec.refines else ["refit_intercept", "rounding"]))
+
+
 def main() -> None:
     params = load_params("quantize", RULES)
+    unused = unused_keys(params["scheme"])
+    if unused:
+        # so that `dvc exp run -S quantize.margin=...` on pow2 does not look like a bug
+        print(f"note: scheme {params['scheme']} does not use "
+              + ", ".join(f"quantize.{key}" for key in unused), file=sys.stderr)
     test_size = load_params("split", SPLIT_RULES)["test_size"]
     calibration = read_xy(TRAIN, rows=split_rows(test_size)["train"])
     coef, intercept = train.load_weights()

@@ -30,11 +30,6 @@ def unused_keys(scheme: str) -> list[str]:
 
 def main() -> None:
     params = load_params("quantize", RULES)
-    unused = unused_keys(params["scheme"])
-    if unused:
-        # so that `dvc exp run -S quantize.margin=...` on pow2 does not look like a bug
-        print(f"note: scheme {params['scheme']} does not use "
-              + ", ".join(f"quantize.{key}" for key in unused), file=sys.stderr)
     test_size = load_params("split", SPLIT_RULES)["test_size"]
     calibration = read_xy(TRAIN, rows=split_rows(test_size)["train"])
     coef, intercept = train.load_weights()
@@ -44,6 +39,11 @@ def main() -> None:
                                  refit_intercept=params["refit_intercept"],
                                  calibration=calibration, feature_names=FEATURES)
     atomic_write_text(OUT, quantizers.dumps(qmodel))
+    unused = unused_keys(params["scheme"])
+    if unused:
+        # so that `dvc exp run -S quantize.margin=...` on pow2 does not look like a bug
+        print(f"note: scheme {params['scheme']} does not use "
+              + ", ".join(f"quantize.{key}" for key in unused), file=sys.stderr)
 
 
 if __name__ == "__main__":

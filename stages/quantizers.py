@@ -337,17 +337,29 @@ def linear_predict(X, coef, intercept) -> np.ndarray:
     """``X @ coef + intercept`` as float64, the one prediction path of both models.
 
     One BLAS matrix-vector product, multithreaded, then an in-place add: at the
-    speed of memory, like a bare ``X @ w + b``. BLAS picks its kernel by CPU and
-    batch shape, so the last bits of a prediction (about 1e-14 here) may differ
-    between machines or between a lone row and a batch; the committed files
-    round predictions and metrics to 6 decimals, far above that.
+    speed of memory, like a bare ``X @ w + b``. BLAS kernels work on groups of
+    rows and finish an odd-sized remainder another way, which moves the last
+    bits; so the rows past the last multiple of ``_ROW_GROUP`` go through a
+    zero-padded group of their own, and a row gets the same bits alone, in any
+    batch, from CSV or JSON lines (on one machine: another CPU may pick another
+    kernel, a difference of about 1e-14 that the 6-decimal files never show).
     """
-    # One memory layout, one kernel: the same rows read from CSV (columns
-    # reordered) or from JSON lines give the same bits.
     X = np.ascontiguousarray(X, dtype=np.float64)
-    out = X @ np.asarray(coef, dtype=np.float64)
+    coef = np.asarray(coef, dtype=np.float64)
+    n = len(X)
+    head = n - n % _ROW_GROUP
+    out = np.empty(n)
+    if head:
+        np.matmul(X[:head], coef, out=out[:head])
+    if head < n:
+        group = np.zeros((_ROW_GROUP, X.shape[1]))
+        group[:n - head] = X[head:]
+        out[head:] = (group @ coef)[:n - head]
     out += np.float64(intercept)
     return out
+
+
+_ROW_GROUP = 64  # a multiple of every x86-64 OpenBLAS gemv kernel's row unrolling
 
 
 def quantize(coef, intercept, *, scheme, bits, feature_names, margin=None, rounding="nearest",

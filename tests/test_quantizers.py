@@ -81,6 +81,19 @@ def test_linear_predict_is_the_linear_model_for_any_batch_size():
         np.testing.assert_array_equal(X, X_before)  # the input is never written to
 
 
+def test_linear_predict_gives_a_row_the_same_bits_in_any_batch():
+    rng = np.random.default_rng(4)
+    coef, intercept = rng.normal(0, 2, 8), -37.0233
+    X = rng.normal(0, 100, size=(3000, 8))
+    batch = qz.linear_predict(X, coef, intercept)
+    for n in (*range(1, 70), 127, 128, 129, 1000, 2999):
+        for start in (0, 1, 5, 3000 - n):
+            np.testing.assert_array_equal(
+                qz.linear_predict(X[start:start + n], coef, intercept), batch[start:start + n])
+    # and in whatever memory layout the rows arrive
+    np.testing.assert_array_equal(qz.linear_predict(np.asfortranarray(X), coef, intercept), batch)
+
+
 def test_file_round_trip_is_exact(tmp_path):
     coef, intercept = random_model(11)
     m = qz.quantize(coef, intercept, scheme="window", bits=12, margin=0.02, feature_names=NAMES)

@@ -14,8 +14,8 @@ Rows are parsed and predicted in chunks of ``CHUNK_ROWS``, so memory stays flat
 however long the input is. A bad row stops the run with exit code 2 and one line
 naming its row and column; predictions of earlier chunks may already be out.
 
-The default (quantised) path imports only numpy and the standard library: it is
-what the Docker image runs. ``--model float`` needs scikit-learn and joblib.
+Both paths import only numpy and the standard library. The Docker image runs the
+default, quantised one and ships only ``models/quant.json``.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("input", nargs="?", default="-", metavar="INPUT",
                         help="CSV or JSON-lines file; '-' or absent reads stdin")
     parser.add_argument("--model", choices=("quant", "float"), default="quant",
-                        help="quant: models/quant.json (default); float: models/float.joblib")
+                        help="quant: models/quant.json (default); float: models/float.json")
     parser.add_argument("--format", choices=("auto", "csv", "jsonl"), default="auto",
                         help="input format (default: auto, from the first non-blank character)")
     parser.add_argument("--sample", type=_positive_int, metavar="N",
@@ -81,18 +81,21 @@ def _positive_int(text: str) -> int:
 # --- models -----------------------------------------------------------------
 
 def load_predictor(kind: str):
-    """The prediction function of the ``--model``: rows of FEATURES in, float64 values out."""
+    """The prediction function of the ``--model``: rows of FEATURES in, float64 values out.
+
+    Both models load from plain JSON with numpy alone: never a pickle, and the
+    float model predicts exactly as the evaluate stage scores it.
+    """
     if kind == "quant":
         return quantizers.load(QUANT).predict
-    import importlib.util
+    try:
+        from stages import train
+    except ImportError:  # the Docker image ships the quantised model's code only
+        raise UserError("--model float is not in this image, which serves the quantised "
+                        "model; use --model quant") from None
 
-    if not all(importlib.util.find_spec(m) for m in ("sklearn", "joblib")):
-        raise UserError("--model float needs scikit-learn and joblib, which are not installed "
-                        "here (the Docker image serves the quantised model); use --model quant")
-    from stages import train
-
-    model = train.load(train.OUT)
-    return lambda X: train.predict(model, X)
+    coef, intercept = train.load_weights(train.WEIGHTS)
+    return lambda X: quantizers.linear_predict(X, coef, intercept)
 
 
 # --- input ------------------------------------------------------------------

@@ -44,17 +44,6 @@ def fit(X: np.ndarray, y: np.ndarray):
     return model
 
 
-def predict(model, X) -> np.ndarray:
-    """The float model's predictions, computed as the quantised model's are.
-
-    ``quantizers.linear_predict`` skips scikit-learn's per-call input checks; the
-    callers have validated X already.
-    """
-    from stages.quantizers import linear_predict
-
-    return linear_predict(X, model.coef_, model.intercept_)
-
-
 def save(model, path: str = OUT, weights_path: str = WEIGHTS) -> None:
     """The estimator with joblib at ``path``, its weights as JSON at ``weights_path``."""
     import io

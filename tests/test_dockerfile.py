@@ -56,3 +56,8 @@ def test_the_shipped_files_alone_serve_predictions(built_repo, tmp_path):
     piped = sh(cmd + ["--sample-if-no-input", "5"], image, input=rows)
     assert piped.stdout == sh(cmd, built_repo, input=rows).stdout
     assert len(piped.stdout.splitlines()) == len(rows.splitlines()) - 1
+    # the float model is not shipped: one line, exit 2
+    refused = sh(cmd + ["--model", "float"], image, input=rows, check=False)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == ("error: --model float is not in this image, which serves the "
+                              "quantised model; use --model quant\n")

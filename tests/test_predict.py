@@ -173,7 +173,7 @@ def test_bad_arguments_are_one_line(built_repo, args, words):
 
 
 @pytest.mark.parametrize("model,path", [("quant", "models/quant.json"),
-                                        ("float", "models/float.joblib")])
+                                        ("float", "models/float.json")])
 def test_missing_model_file_is_one_line(repo, model, path):
     (repo / path).unlink()
     proc = predict_cli(repo, "--model", model, stdin=GOOD_CSV)
@@ -271,9 +271,10 @@ def test_file_stdin_and_dash_give_the_same_output(built_repo, tmp_path):
 
 # --- what the served path loads, streaming, pipes -----------------------------
 
-def test_quant_path_imports_numpy_only(built_repo):
-    proc = sh([sys.executable, "-X", "importtime", "-m", "stages.predict"], built_repo,
-              input=GOOD_CSV)
+@pytest.mark.parametrize("model", ["quant", "float"])
+def test_both_models_import_numpy_only(built_repo, model):
+    proc = sh([sys.executable, "-X", "importtime", "-m", "stages.predict", "--model", model],
+              built_repo, input=GOOD_CSV)
     imported = {line.split("|")[-1].strip().split(".")[0]
                 for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "numpy" in imported and "stages" in imported

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick start, step 1: create .venv, install the pinned requirements, run the pipeline.
+# Quick start, step 1: create .venv, install the pinned requirements and the project
+# (editable, so `cali-reg` runs this checkout's code), then run the pipeline.
 # Offline, first point scikit-learn at a local copy of the data:
 #   export SCIKIT_LEARN_DATA=/absolute/path/to/scikit_learn_data
 set -euo pipefail
@@ -8,4 +9,5 @@ cd "$(dirname "$0")"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 dvc repro

@@ -1,49 +1,40 @@
-"""Stage quantize: quantise the float model's parameters to a few bits, saved as JSON.
+"""Stage quantize: the float model's parameters as a few-bit integer model, saved as JSON.
 
-The sound schemes can re-fit the intercept and round error-aware; both use the
-training split as calibration data. The seed's ``window`` scheme ignores them.
+The sound schemes re-fit the intercept and round error-aware on the training
+split (calibration data); the seed's ``window`` scheme ignores both.
 """
-import sys
 
-from stages import quantizers, train
-from stages.common import (FEATURES, atomic_write_text, boolean, int_in, load_params,
-                           number_above, one_of, read_xy, run, split_rows)
-from stages.split import RULES as SPLIT_RULES
+from cali_reg.data import read_xy
+from cali_reg.errors import run
+from cali_reg.files import atomic_write_text
+from cali_reg.model import FloatModel, dumps, load_model
+from cali_reg.params import boolean, int_in, load_params, number_above, one_of
+from cali_reg.quantize import ROUNDINGS, SCHEMES, quantize
 
 TRAIN = "data/train.csv"
+FLOAT = "models/float.json"
 OUT = "models/quant.json"
 RULES = {
-    "scheme": one_of(*quantizers.SCHEMES),
+    "scheme": one_of(*SCHEMES),
     "bits": int_in(2, 16),
     "margin": number_above(0),
     "refit_intercept": boolean(),
-    "rounding": one_of(*quantizers.ROUNDINGS),
+    "rounding": one_of(*ROUNDINGS),
 }
-
-
-def unused_keys(scheme: str) -> list[str]:
-    """The quantize params that ``scheme`` ignores (they are validated all the same)."""
-    spec = quantizers.SCHEMES[scheme]
-    return (([] if spec.uses_margin else ["margin"])
-            + ([] if spec.refines else ["refit_intercept", "rounding"]))
 
 
 def main() -> None:
     params = load_params("quantize", RULES)
-    test_size = load_params("split", SPLIT_RULES)["test_size"]
-    calibration = read_xy(TRAIN, rows=split_rows(test_size)["train"])
-    coef, intercept = train.load_weights()
-    qmodel = quantizers.quantize(coef, intercept, scheme=params["scheme"],
-                                 bits=params["bits"], margin=params["margin"],
-                                 rounding=params["rounding"],
-                                 refit_intercept=params["refit_intercept"],
-                                 calibration=calibration, feature_names=FEATURES)
-    atomic_write_text(OUT, quantizers.dumps(qmodel))
-    unused = unused_keys(params["scheme"])
-    if unused:
-        # so that `dvc exp run -S quantize.margin=...` on pow2 does not look like a bug
-        print(f"note: scheme {params['scheme']} does not use "
-              + ", ".join(f"quantize.{key}" for key in unused), file=sys.stderr)
+    calibration = read_xy(TRAIN)
+    fmodel = load_model(FLOAT, expect=FloatModel)
+    qmodel = quantize(
+        fmodel.coef,
+        fmodel.intercept,
+        feature_names=fmodel.feature_names,
+        calibration=calibration,
+        **params,
+    )
+    atomic_write_text(OUT, dumps(qmodel))
 
 
 if __name__ == "__main__":

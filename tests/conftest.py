@@ -1,4 +1,5 @@
 """Fixtures: a throw-away copy of the project in which the real pipeline runs."""
+
 import json
 import os
 import shutil
@@ -18,8 +19,14 @@ def project_env() -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if "SCIKIT_LEARN_DATA" not in env and SHARED_DATA.is_dir():
         env["SCIKIT_LEARN_DATA"] = str(SHARED_DATA)
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+        DVC_NO_ANALYTICS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     return env
 
 
@@ -47,8 +54,9 @@ def read_json(path) -> dict:
 
 
 def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return [f for f in out.split("\0") if f and (ROOT / f).exists()]
 
 

@@ -1,10 +1,11 @@
-"""The evaluate stage's metrics, against scikit-learn's definitions."""
+"""The metrics, against scikit-learn's definitions."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import evaluate
+from cali_reg import evaluate
 
 
 @settings(max_examples=50, deadline=None)
@@ -17,7 +18,20 @@ def test_scores_are_scikit_learns(seed, n, noise):
     pred = y + rng.normal(0, noise, n)
     got = evaluate.scores(y, pred)
     # one unit in the last kept decimal: the two sums may round differently at the boundary
-    tol = 1.5 * 10.0 ** -evaluate.DECIMALS
+    tol = 1.5 * 10.0**-evaluate.DECIMALS
     assert got["r2"] == pytest.approx(r2_score(y, pred), abs=tol, rel=1e-12)
     assert got["rmse"] == pytest.approx(root_mean_squared_error(y, pred), abs=tol, rel=1e-12)
     assert got["mae"] == pytest.approx(mean_absolute_error(y, pred), abs=tol, rel=1e-12)
+
+
+def test_compare_is_quant_minus_float():
+    f = {"r2": 0.5, "rmse": 0.7, "mae": 0.5, "payload_bytes": 72}
+    q = {"r2": 0.49, "rmse": 0.71, "mae": 0.52, "payload_bytes": 18}
+    c = evaluate.compare(f, q, np.array([1.0, 2.0]), np.array([1.25, 1.5]))
+    assert c == {
+        "delta_r2": -0.01,
+        "delta_rmse": 0.01,
+        "delta_mae": 0.02,
+        "size_ratio": 0.25,
+        "max_abs_pred_diff": 0.5,
+    }

@@ -1,4 +1,5 @@
 """Hardening, end to end: killed runs, tampered artefacts, queued experiments in parallel."""
+
 import json
 import os
 import signal
@@ -7,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -56,11 +56,19 @@ def kill_repro_while_writing(repo: Path, hook_dir: Path, target: str) -> None:
     """Run ``dvc repro`` and SIGKILL it, with its stage, while ``target`` is being written."""
     ready = hook_dir / "ready"
     ready.unlink(missing_ok=True)
-    env = project_env() | {"PYTHONPATH": str(hook_dir), "CALI_REG_STALL_ON": target,
-                           "CALI_REG_STALL_READY": str(ready)}
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = project_env() | {
+        "PYTHONPATH": str(hook_dir),
+        "CALI_REG_STALL_ON": target,
+        "CALI_REG_STALL_READY": str(ready),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -114,6 +122,7 @@ def test_repro_killed_mid_write_leaves_whole_files_and_recovers(repo, tmp_path):
 
 # --- tampered artefacts -----------------------------------------------------
 
+
 def edit_json(path: Path, edit) -> None:
     doc = json.loads(path.read_text())
     edit(doc)
@@ -128,14 +137,22 @@ def code_out_of_range(doc) -> None:
 
 TAMPERED_MODELS = {
     "bad JSON": (lambda p: p.write_text(p.read_text()[:-20]), "corrupt or truncated"),
-    "wrong shape": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].pop()),
-                    "array 'codes' must be"),
-    "wrong version": (lambda p: edit_json(p, lambda d: d.update(version=2)),
-                      "format version 2 is not supported"),
-    "code out of range": (lambda p: edit_json(p, code_out_of_range),
-                          "a code is outside the symmetric 8-bit range"),
-    "negative code": (lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"]
-                                          .__setitem__(0, -1)), "do not fit uint"),
+    "wrong shape": (
+        lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].pop()),
+        "array 'codes' must be",
+    ),
+    "wrong version": (
+        lambda p: edit_json(p, lambda d: d.update(version=2)),
+        "format version 2 is not supported",
+    ),
+    "code out of range": (
+        lambda p: edit_json(p, code_out_of_range),
+        "a code is outside the symmetric 8-bit range",
+    ),
+    "negative code": (
+        lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].__setitem__(0, -1)),
+        "do not fit uint",
+    ),
 }
 
 
@@ -144,18 +161,19 @@ def test_tampered_quantized_model_is_refused_by_evaluate_and_predictor(repo, cas
     tamper, message = TAMPERED_MODELS[case]
     tamper(repo / "models/quant.json")
     before = outputs(repo)
-    for command in (["stages.evaluate"], ["stages.predict", "--sample", "3"]):
+    for command in (["stages.evaluate"], ["cali_reg", "predict", "--sample", "3"]):
         proc = sh([sys.executable, "-m", *command], repo, check=False)
         one_line_error(proc, "models/quant.json", message)
     assert outputs(repo) == before
 
 
-def drop_last_row(path: Path) -> None:
-    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+def header_only(path: Path) -> None:
+    path.write_text(path.read_text().splitlines(keepends=True)[0])
 
 
-def duplicate_last_row(path: Path) -> None:
-    path.write_text(path.read_text() + path.read_text().splitlines(keepends=True)[-1])
+def wrong_header(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([lines[0].replace("MedInc", "Income"), *lines[1:]]))
 
 
 def drop_a_coefficient(path: Path) -> None:
@@ -169,20 +187,24 @@ def nan_in_row_3(path: Path) -> None:
 
 
 TAMPERED_DATA = [  # (stage that reads it, file, edit, what the line says)
-    ("split", "data/housing.csv", drop_last_row, "has 20639 rows, expected 20640"),
+    ("split", "data/housing.csv", header_only, "has no rows"),
     ("split", "data/housing.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
-    ("train", "data/train.csv", duplicate_last_row, "has 16513 rows, expected 16512"),
+    ("train", "data/train.csv", wrong_header, "header is 'Income,"),
     ("train", "data/train.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
-    ("evaluate", "data/test.csv", drop_last_row, "has 4127 rows, expected 4128"),
+    ("evaluate", "data/test.csv", header_only, "has no rows"),
     ("evaluate", "data/test.csv", nan_in_row_3, "row 3 column MedInc is not a finite number"),
     ("quantize", "models/float.json", drop_a_coefficient, "does not hold 8 finite coefficients"),
 ]
 
 
-@pytest.mark.parametrize("stage,path,tamper,message", TAMPERED_DATA,
-                         ids=[f"{c[0]}-{c[2].__name__}" for c in TAMPERED_DATA])
-def test_tampered_data_is_refused_by_the_stage_that_reads_it(repo, built_repo, stage, path, tamper,
-                                                             message):
+@pytest.mark.parametrize(
+    "stage,path,tamper,message",
+    TAMPERED_DATA,
+    ids=[f"{c[0]}-{c[2].__name__}" for c in TAMPERED_DATA],
+)
+def test_tampered_data_is_refused_by_the_stage_that_reads_it(
+    repo, built_repo, stage, path, tamper, message
+):
     tamper(repo / path)
     before = outputs(repo)
     proc = sh([sys.executable, "-m", f"stages.{stage}"], repo, check=False)
@@ -195,16 +217,24 @@ def test_tampered_data_is_refused_by_the_stage_that_reads_it(repo, built_repo, s
 
 # --- concurrency ------------------------------------------------------------
 
+
 def expected_quant_metrics(repo: Path, **quantize_params) -> dict:
     """What the evaluate stage must report for the quantised model with these params."""
-    from stages import evaluate, quantizers, train
-    from stages.common import FEATURES, read_xy
+    from cali_reg.data import FEATURES, read_xy
+    from cali_reg.evaluate import scores
+    from cali_reg.model import load_model
+    from cali_reg.quantize import quantize
 
-    coef, intercept = train.load_weights(str(repo / "models/float.json"))
-    qmodel = quantizers.quantize(coef, intercept, feature_names=FEATURES,
-                                 calibration=read_xy(repo / "data/train.csv"), **quantize_params)
+    fmodel = load_model(repo / "models/float.json")
+    qmodel = quantize(
+        fmodel.coef,
+        fmodel.intercept,
+        feature_names=FEATURES,
+        calibration=read_xy(repo / "data/train.csv"),
+        **quantize_params,
+    )
     X, y = read_xy(repo / "data/test.csv")
-    return evaluate.scores(y, qmodel.predict(X))
+    return scores(y, qmodel.predict(X))
 
 
 def experiments(repo: Path) -> dict[str, dict]:
@@ -229,9 +259,16 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
         # The workers DVC starts outlive this command and inherit its stdout and
         # stderr: hand it a file, not a pipe that would stay open until they exit.
         with open(repo.parent / "queue-start.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"],
-                           cwd=repo, env=project_env(), stdin=subprocess.DEVNULL, stdout=log,
-                           stderr=subprocess.STDOUT, timeout=120, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"],
+                cwd=repo,
+                env=project_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=True,
+            )
         deadline = time.monotonic() + 240
         while True:
             status = dvc("queue", "status", cwd=repo).stdout
@@ -242,9 +279,12 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
             time.sleep(1)
     finally:
         dvc("queue", "stop", "--kill", cwd=repo, check=False)
-    lines = {line.split()[1]: line.split()[-1] for line in status.splitlines()
-             if len(line.split()) > 1 and line.split()[1] in names.values()}
-    assert lines == {name: "Success" for name in names.values()}, status
+    lines = {
+        line.split()[1]: line.split()[-1]
+        for line in status.splitlines()
+        if len(line.split()) > 1 and line.split()[1] in names.values()
+    }
+    assert lines == dict.fromkeys(names.values(), "Success"), status
 
     found = experiments(repo)
     float_metrics = read_json(repo / "metrics/float.json")

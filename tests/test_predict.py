@@ -1,4 +1,5 @@
 """The predictor: input formats, every kind of bad input, and agreement with the pipeline."""
+
 import csv
 import io
 import json
@@ -13,8 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages import predict, quantizers
-from stages.common import FEATURES, UserError, read_table, read_xy
+from cali_reg import predict
+from cali_reg.data import FEATURES, read_table, read_xy
+from cali_reg.errors import UserError
+from cali_reg.model import load_model
+from cali_reg.quantize import quantize
 from tests.conftest import project_env, sh
 
 HEADER = ",".join(FEATURES)
@@ -23,8 +27,13 @@ GOOD_CSV = f"{HEADER}\n{ROW}\n{ROW}\n"
 
 
 def predict_cli(repo, *args, stdin=None, check=False) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "stages.predict", *args], repo, check=check,
-              input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+    return sh(
+        [sys.executable, "-m", "cali_reg", "predict", *args],
+        repo,
+        check=check,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
 
 
 def values(stdout: str) -> np.ndarray:
@@ -34,8 +43,11 @@ def values(stdout: str) -> np.ndarray:
 def features_csv(X, columns=FEATURES) -> str:
     """CSV text of ``X`` (columns in FEATURES order) written with the given column order."""
     idx = [FEATURES.index(c) for c in columns]
-    return ",".join(columns) + "\n" + "".join(
-        ",".join(map(repr, row)) + "\n" for row in X[:, idx].tolist())
+    return (
+        ",".join(columns)
+        + "\n"
+        + "".join(",".join(map(repr, row)) + "\n" for row in X[:, idx].tolist())
+    )
 
 
 def jsonl(rows) -> str:
@@ -43,12 +55,13 @@ def jsonl(rows) -> str:
 
 
 def good_obj(**changes):
-    obj = dict(zip(FEATURES, map(float, ROW.split(","))))
+    obj = dict(zip(FEATURES, map(float, ROW.split(",")), strict=True))
     obj.update(changes)
     return obj
 
 
 # --- parsing, in process ------------------------------------------------------
+
 
 def test_csv_columns_in_any_order_give_the_same_features():
     rng = np.random.default_rng(0)
@@ -56,31 +69,37 @@ def test_csv_columns_in_any_order_give_the_same_features():
     shuffled = list(FEATURES)
     rng.shuffle(shuffled)
     assert shuffled != list(FEATURES)
-    got = np.vstack(list(predict.csv_chunks(io.StringIO(features_csv(X, shuffled)))))
+    got = np.vstack([c.X for c in predict.csv_chunks(io.StringIO(features_csv(X, shuffled)))])
     np.testing.assert_array_equal(got, X)
 
 
 def test_chunks_are_bounded_and_cover_every_row():
     X = np.arange(10 * 8, dtype=float).reshape(10, 8)
-    for chunks, text in [(predict.csv_chunks, features_csv(X)),
-                         (predict.jsonl_chunks, jsonl(dict(zip(FEATURES, r)) for r in X.tolist()))]:
-        got = list(chunks(io.StringIO(text), chunk_rows=3))
+    for chunks, text in [
+        (predict.csv_chunks, features_csv(X)),
+        (predict.jsonl_chunks, jsonl(dict(zip(FEATURES, r, strict=True)) for r in X.tolist())),
+    ]:
+        got = [c.X for c in chunks(io.StringIO(text), chunk_rows=3)]
         assert [len(c) for c in got] == [3, 3, 3, 1]
         np.testing.assert_array_equal(np.vstack(got), X)
 
 
 def test_format_is_detected_from_the_first_non_blank_character():
-    assert predict.detect_format(["\n", "  {\"MedInc\": 1}\n"])[0] == "jsonl"
+    assert predict.detect_format(["\n", '  {"MedInc": 1}\n'])[0] == "jsonl"
+    assert predict.detect_format(["\n", ' [{"MedInc": 1}]\n'])[0] == "json"
     fmt, lines = predict.detect_format(["\n", HEADER + "\n", ROW + "\n"])
     assert fmt == "csv" and list(lines) == ["\n", HEADER + "\n", ROW + "\n"]
 
 
 def test_csv_and_json_lines_and_a_byte_order_mark_read_the_same(built_repo):
-    X = read_table(built_repo / predict.SAMPLE, FEATURES)[:20]
+    X = read_table(built_repo / "data/sample.csv", FEATURES)[:20]
     as_csv = predict_cli(built_repo, stdin=features_csv(X), check=True).stdout
     as_bom = predict_cli(built_repo, stdin="\ufeff" + features_csv(X), check=True).stdout
-    as_json = predict_cli(built_repo, stdin=jsonl(dict(zip(FEATURES, r)) for r in X.tolist()),
-                          check=True).stdout
+    as_json = predict_cli(
+        built_repo,
+        stdin=jsonl(dict(zip(FEATURES, r, strict=True)) for r in X.tolist()),
+        check=True,
+    ).stdout
     assert as_csv == as_bom == as_json
     assert len(as_csv.splitlines()) == 20
 
@@ -89,46 +108,94 @@ def test_csv_and_json_lines_and_a_byte_order_mark_read_the_same(built_repo):
 
 BAD_INPUTS = [
     # (id, stdin, words the one error line must contain)
-    ("csv-missing-column", HEADER.replace(",Latitude", "") + "\n1,2,3,4,5,6,7\n",
-     ["column Latitude is missing"]),
-    ("csv-extra-column", HEADER + ",MedHouseVal\n" + ROW + ",4.5\n",
-     ["unexpected column 'MedHouseVal'"]),
+    (
+        "csv-missing-column",
+        HEADER.replace(",Latitude", "") + "\n1,2,3,4,5,6,7\n",
+        ["column Latitude is missing"],
+    ),
+    (
+        "csv-extra-column",
+        HEADER + ",MedHouseVal\n" + ROW + ",4.5\n",
+        ["unexpected column 'MedHouseVal'"],
+    ),
     ("csv-repeated-column", HEADER + ",MedInc\n" + ROW + ",1\n", ["'MedInc' appears more"]),
-    ("csv-short-row", f"{HEADER}\n{ROW}\n1,2,3,4,5,6,7\n",
-     ["row 2 (line 3)", "column Longitude", "value missing"]),
+    (
+        "csv-short-row",
+        f"{HEADER}\n{ROW}\n1,2,3,4,5,6,7\n",
+        ["row 2 (line 3)", "column Longitude", "value missing"],
+    ),
     ("csv-long-row", f"{HEADER}\n{ROW},9\n", ["row 1 (line 2)", "extra value '9'"]),
-    ("csv-non-numeric", f"{HEADER}\n{ROW}\n\n" + ROW.replace("6.98", "abc") + "\n",
-     ["row 2 (line 4)", "column AveRooms", "'abc' is not a number"]),
-    ("csv-empty-cell", f"{HEADER}\n" + ROW.replace("41.0", "") + "\n",
-     ["row 1 (line 2)", "column HouseAge", "'' is not a number"]),
-    ("csv-nan", f"{HEADER}\n" + ROW.replace("322.0", "nan") + "\n",
-     ["row 1 (line 2)", "column Population", "'nan' is not a finite number"]),
-    ("csv-infinity", f"{HEADER}\n{ROW}\n" + ROW.replace("37.88", "-inf") + "\n",
-     ["row 2 (line 3)", "column Latitude", "not a finite number"]),
-    ("csv-overflow", f"{HEADER}\n" + ROW.replace("2.55", "1e999") + "\n",
-     ["row 1 (line 2)", "column AveOccup", "not a finite number"]),
+    (
+        "csv-non-numeric",
+        f"{HEADER}\n{ROW}\n\n" + ROW.replace("6.98", "abc") + "\n",
+        ["row 2 (line 4)", "column AveRooms", "'abc' is not a number"],
+    ),
+    (
+        "csv-empty-cell",
+        f"{HEADER}\n" + ROW.replace("41.0", "") + "\n",
+        ["row 1 (line 2)", "column HouseAge", "'' is not a number"],
+    ),
+    (
+        "csv-nan",
+        f"{HEADER}\n" + ROW.replace("322.0", "nan") + "\n",
+        ["row 1 (line 2)", "column Population", "'nan' is not a finite number"],
+    ),
+    (
+        "csv-infinity",
+        f"{HEADER}\n{ROW}\n" + ROW.replace("37.88", "-inf") + "\n",
+        ["row 2 (line 3)", "column Latitude", "not a finite number"],
+    ),
+    (
+        "csv-overflow",
+        f"{HEADER}\n" + ROW.replace("2.55", "1e999") + "\n",
+        ["row 1 (line 2)", "column AveOccup", "not a finite number"],
+    ),
     ("csv-header-only", HEADER + "\n", ["no data rows"]),
     ("empty", "", ["input is empty"]),
     ("blank-lines-only", "\n  \n\n", ["input is empty"]),
-    ("jsonl-missing-key", jsonl([good_obj(), {k: 1 for k in FEATURES if k != "AveOccup"}]),
-     ["row 2 (line 2)", "column AveOccup", "key missing"]),
-    ("jsonl-extra-key", jsonl([good_obj(MedHouseVal=4.5)]),
-     ["row 1 (line 1)", "unexpected key 'MedHouseVal'"]),
-    ("jsonl-string", jsonl([good_obj(), good_obj(), good_obj(MedInc="8.3")]),
-     ["row 3 (line 3)", "column MedInc", '"8.3" is not a number']),
+    (
+        "jsonl-missing-key",
+        jsonl([good_obj(), {k: 1 for k in FEATURES if k != "AveOccup"}]),
+        ["row 2 (line 2)", "column AveOccup", "key missing"],
+    ),
+    (
+        "jsonl-extra-key",
+        jsonl([good_obj(MedHouseVal=4.5)]),
+        ["row 1 (line 1)", "unexpected key 'MedHouseVal'"],
+    ),
+    (
+        "jsonl-string",
+        jsonl([good_obj(), good_obj(), good_obj(MedInc="8.3")]),
+        ["row 3 (line 3)", "column MedInc", '"8.3" is not a number'],
+    ),
     ("jsonl-null", jsonl([good_obj(HouseAge=None)]), ["column HouseAge", "null is not a number"]),
     ("jsonl-bool", jsonl([good_obj(AveRooms=True)]), ["column AveRooms", "true is not a number"]),
-    ("jsonl-nan", jsonl([good_obj()]) + "\n" + jsonl([good_obj(AveBedrms=float("nan"))]),
-     ["row 2 (line 3)", "column AveBedrms", "not a finite number"]),
-    ("jsonl-infinity", jsonl([good_obj(Longitude=float("inf"))]),
-     ["column Longitude", "not a finite number"]),
-    ("jsonl-huge-integer", jsonl([good_obj(Population=10**400)]),
-     ["column Population", "not a finite number"]),
-    ("jsonl-invalid", jsonl([good_obj()]) + '{"MedInc": 1,\n',
-     ["row 2 (line 2)", "not valid JSON", "at character 15"]),
+    (
+        "jsonl-nan",
+        jsonl([good_obj()]) + "\n" + jsonl([good_obj(AveBedrms=float("nan"))]),
+        ["row 2 (line 3)", "column AveBedrms", "not a finite number"],
+    ),
+    (
+        "jsonl-infinity",
+        jsonl([good_obj(Longitude=float("inf"))]),
+        ["column Longitude", "not a finite number"],
+    ),
+    (
+        "jsonl-huge-integer",
+        jsonl([good_obj(Population=10**400)]),
+        ["column Population", "not a finite number"],
+    ),
+    (
+        "jsonl-invalid",
+        jsonl([good_obj()]) + '{"MedInc": 1,\n',
+        ["row 2 (line 2)", "not valid JSON", "at character 15"],
+    ),
     ("jsonl-empty-object", jsonl([good_obj()]) + "{}\n", ["row 2 (line 2)", "column MedInc"]),
-    ("jsonl-not-object", jsonl([good_obj()]) + "[1, 2]\n",
-     ["row 2 (line 2)", "expected a JSON object", "got list"]),
+    (
+        "jsonl-not-object",
+        jsonl([good_obj()]) + "[1, 2]\n",
+        ["row 2 (line 2)", "expected a JSON object", "got list"],
+    ),
     ("not-utf8", HEADER + "\n" + ROW.replace("41.0", "4\xff") + "\n", ["not UTF-8"]),
 ]
 
@@ -136,8 +203,13 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("text,words", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_one_line_naming_row_and_column(built_repo, text, words):
     data = text.encode("latin-1" if "\xff" in text else "utf-8")
-    proc = subprocess.run([sys.executable, "-m", "stages.predict"], cwd=built_repo,
-                          env=project_env(), input=data, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cali_reg", "predict"],
+        cwd=built_repo,
+        env=project_env(),
+        input=data,
+        capture_output=True,
+    )
     stderr = proc.stderr.decode()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
@@ -154,26 +226,32 @@ def test_a_bad_row_after_good_chunks_still_fails(built_repo, tmp_path):
     proc = predict_cli(built_repo, str(path))
     n = predict.CHUNK_ROWS + 6
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: row {n} (line {n + 1}), column Longitude: "
-                                   "'west' is not a number")
+    assert proc.stderr.strip() == (
+        f"error: row {n} (line {n + 1}), column Longitude: 'west' is not a number"
+    )
 
 
-@pytest.mark.parametrize("args,words", [
-    (["no-such.csv"], "no-such.csv: no such file"),
-    (["--model", "tiny"], "invalid choice: 'tiny'"),
-    (["--sample", "0"], "'0' is not a positive integer"),
-    (["--sample", "101"], "holds the first 100 rows"),
-    (["rows.csv", "--sample", "3"], "not both"),
-    (["--format", "xml"], "invalid choice: 'xml'"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["no-such.csv"], "no-such.csv: no such file"),
+        (["--model", "tiny"], "--model tiny: no such file"),
+        (["--id-column", "MedInc"], "not one of the features"),
+        (["--sample", "0"], "'0' is not a positive integer"),
+        (["--sample", "101"], "holds the first 100 rows"),
+        (["rows.csv", "--sample", "3"], "not both"),
+        (["--format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
 def test_bad_arguments_are_one_line(built_repo, args, words):
     proc = predict_cli(built_repo, *args, stdin=GOOD_CSV)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
 
 
-@pytest.mark.parametrize("model,path", [("quant", "models/quant.json"),
-                                        ("float", "models/float.json")])
+@pytest.mark.parametrize(
+    "model,path", [("quant", "models/quant.json"), ("float", "models/float.json")]
+)
 def test_missing_model_file_is_one_line(repo, model, path):
     (repo / path).unlink()
     proc = predict_cli(repo, "--model", model, stdin=GOOD_CSV)
@@ -191,6 +269,7 @@ def test_corrupt_model_file_is_one_line(repo):
 
 # --- agreement with the pipeline ---------------------------------------------
 
+
 def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
     X, _ = read_xy(built_repo / "data/test.csv")
     plotted = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)
@@ -198,7 +277,7 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
     path.write_text(features_csv(X, FEATURES[::-1]))
 
     quant = values(predict_cli(built_repo, str(path), check=True).stdout)
-    model = quantizers.load(built_repo / "models/quant.json")
+    model = load_model(built_repo / "models/quant.json")
     np.testing.assert_array_equal(quant, model.predict(X))  # same bits
     np.testing.assert_array_equal(np.round(quant, 6), plotted[:, 2])
 
@@ -206,16 +285,19 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
     assert len(floats) == len(X)
     np.testing.assert_array_equal(np.round(floats, 6), plotted[:, 1])
     # and within rounding error of scikit-learn's own predict (which goes through BLAS)
-    code = ("from stages import train; from stages.common import read_xy; "
-            "print(*train.load().predict(read_xy('data/test.csv')[0]).tolist())")
+    code = (
+        "from cali_reg.train import load_estimator; from cali_reg.data import read_xy; "
+        "m = load_estimator('models/float.joblib'); "
+        "print(*m.predict(read_xy('data/test.csv')[0]).tolist())"
+    )
     sklearn_pred = values(sh([sys.executable, "-c", code], built_repo).stdout)
     np.testing.assert_allclose(floats, sklearn_pred, rtol=1e-13, atol=1e-13)
 
 
 def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
-    X = read_table(built_repo / predict.SAMPLE, FEATURES)
-    model = quantizers.load(built_repo / "models/quant.json")
-    alone = np.concatenate([model.predict(X[i:i + 1]) for i in range(len(X))])
+    X = read_table(built_repo / "data/sample.csv", FEATURES)
+    model = load_model(built_repo / "models/quant.json")
+    alone = np.concatenate([model.predict(X[i : i + 1]) for i in range(len(X))])
     out = io.StringIO()
     n = predict.predict_stream(model.predict, io.StringIO(features_csv(X)), out, chunk_rows=7)
     assert n == len(X)
@@ -224,13 +306,13 @@ def test_a_rows_prediction_does_not_depend_on_its_chunk(built_repo):
 
 def test_sample_prints_the_first_rows_of_the_test_split(built_repo):
     X, _ = read_xy(built_repo / "data/test.csv")
-    sample = read_table(built_repo / predict.SAMPLE, FEATURES)
-    np.testing.assert_array_equal(sample, X[:len(sample)])
+    sample = read_table(built_repo / "data/sample.csv", FEATURES)
+    np.testing.assert_array_equal(sample, X[: len(sample)])
     line = predict_cli(built_repo, "--sample", "5", check=True).stdout
     m = re.fullmatch(r"Sample predictions: \[(.*)\]\n", line)
     assert m
     shown = np.array([float(v) for v in m.group(1).split(", ")])
-    model = quantizers.load(built_repo / "models/quant.json")
+    model = load_model(built_repo / "models/quant.json")
     np.testing.assert_array_equal(shown, model.predict(X[:5]))
 
 
@@ -246,14 +328,27 @@ def test_a_terminal_on_stdin_is_not_waited_on(built_repo):
 
     controller, terminal = pty.openpty()
     try:
-        run = [sys.executable, "-m", "stages.predict"]
-        proc = subprocess.run(run, cwd=built_repo, env=project_env(), stdin=terminal,
-                              capture_output=True, text=True, timeout=30)
+        run = [sys.executable, "-m", "cali_reg", "predict"]
+        proc = subprocess.run(
+            run,
+            cwd=built_repo,
+            env=project_env(),
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 2
         assert proc.stderr.startswith("error: no input:") and "--sample N" in proc.stderr
-        sample = subprocess.run(run + ["--sample-if-no-input", "2"], cwd=built_repo,
-                                env=project_env(), stdin=terminal, capture_output=True,
-                                text=True, timeout=30)
+        sample = subprocess.run(
+            [*run, "--sample-if-no-input", "2"],
+            cwd=built_repo,
+            env=project_env(),
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert sample.stdout.startswith("Sample predictions: [")
     finally:
         os.close(controller)
@@ -271,30 +366,39 @@ def test_file_stdin_and_dash_give_the_same_output(built_repo, tmp_path):
 
 # --- what the served path loads, streaming, pipes -----------------------------
 
+
 @pytest.mark.parametrize("model", ["quant", "float"])
 def test_both_models_import_numpy_only(built_repo, model):
-    proc = sh([sys.executable, "-X", "importtime", "-m", "stages.predict", "--model", model],
-              built_repo, input=GOOD_CSV)
-    imported = {line.split("|")[-1].strip().split(".")[0]
-                for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "numpy" in imported and "stages" in imported
+    proc = sh(
+        [sys.executable, "-X", "importtime", "-m", "cali_reg", "predict", "--model", model],
+        built_repo,
+        input=GOOD_CSV,
+    )
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "numpy" in imported and "cali_reg" in imported
     assert not imported & {"sklearn", "scipy", "joblib", "yaml", "dvc", "pandas"}
 
 
 def _peak_rss_kib(repo, path) -> int:
     """Peak RSS of one predictor run on ``path``, measured by a parent that does nothing else."""
-    code = ("import resource, subprocess, sys; "
-            "subprocess.run([sys.executable, '-m', 'stages.predict', sys.argv[1]], check=True, "
-            "stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    code = (
+        "import resource, subprocess, sys; "
+        "subprocess.run([sys.executable, '-m', 'cali_reg', 'predict', sys.argv[1]], check=True, "
+        "stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     return int(sh([sys.executable, "-c", code, str(path)], repo).stdout)
 
 
 def test_memory_does_not_grow_with_the_number_of_rows(built_repo, tmp_path):
-    X = read_table(built_repo / predict.SAMPLE, FEATURES)
+    X = read_table(built_repo / "data/sample.csv", FEATURES)
     small, large = tmp_path / "small.csv", tmp_path / "large.csv"
-    small.write_text(features_csv(np.tile(X, (200, 1))))    # 20,000 rows: a few full chunks
-    large.write_text(features_csv(np.tile(X, (2000, 1))))   # 200,000 rows, ~17 MB
+    small.write_text(features_csv(np.tile(X, (200, 1))))  # 20,000 rows: a few full chunks
+    large.write_text(features_csv(np.tile(X, (2000, 1))))  # 200,000 rows, ~17 MB
     # Holding the extra 180,000 rows as float64 alone would take 11 MB; as text, far more.
     growth = _peak_rss_kib(built_repo, large) - _peak_rss_kib(built_repo, small)
     assert growth < 4 * 1024, f"peak RSS grew by {growth} KiB"
@@ -303,8 +407,13 @@ def test_memory_does_not_grow_with_the_number_of_rows(built_repo, tmp_path):
 def test_a_closed_pipe_ends_the_run_quietly(built_repo, tmp_path):
     path = tmp_path / "many.csv"
     path.write_text(HEADER + "\n" + (ROW + "\n") * 50_000)  # ~1 MB of output: fills the pipe
-    proc = subprocess.Popen([sys.executable, "-m", "stages.predict", str(path)], cwd=built_repo,
-                            env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cali_reg", "predict", str(path)],
+        cwd=built_repo,
+        env=project_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     first = proc.stdout.readline()
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
@@ -319,8 +428,9 @@ def test_a_closed_pipe_ends_the_run_quietly(built_repo, tmp_path):
 # must raise UserError with a one-line message, and the output must hold exactly
 # the predictions of some whole chunks before the first bad row, never one for it.
 
-FUZZ_MODEL = quantizers.quantize(np.linspace(-1, 1, 8), 0.5, scheme="window", bits=8,
-                                 margin=0.05, feature_names=FEATURES)
+FUZZ_MODEL = quantize(
+    np.linspace(-1, 1, 8), 0.5, scheme="window", bits=8, margin=0.05, feature_names=FEATURES
+)
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
 NO_NEWLINE = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
 
@@ -354,7 +464,7 @@ def check_output(lines, err, rows, first_bad, chunk_rows):
     else:
         assert err is not None, "a bad row was accepted"
         assert len(lines) <= first_bad and len(lines) % chunk_rows == 0
-        assert lines == expected[:len(lines)]
+        assert lines == expected[: len(lines)]
 
 
 def check_named_row(err, rows, first_bad, chunk_rows):
@@ -377,28 +487,39 @@ def csv_value(cell: str):
     return value if math.isfinite(value) else None
 
 
-csv_cell = st.one_of(FINITE.map(repr), FINITE.map(repr), st.text(max_size=6),
-                     st.sampled_from(["nan", "-inf", "1e999", "", " ", "1,5", "0x1p3", "1_0"]))
+csv_cell = st.one_of(
+    FINITE.map(repr),
+    FINITE.map(repr),
+    st.text(max_size=6),
+    st.sampled_from(["nan", "-inf", "1e999", "", " ", "1,5", "0x1p3", "1_0"]),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.lists(csv_cell, min_size=7, max_size=9), min_size=1, max_size=10),
-       chunk_rows=st.integers(1, 4))
+@given(
+    rows=st.lists(st.lists(csv_cell, min_size=7, max_size=9), min_size=1, max_size=10),
+    chunk_rows=st.integers(1, 4),
+)
 def test_fuzzed_csv_rows_are_predicted_or_refused_in_one_line(rows, chunk_rows):
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([FEATURES, *rows])
     parsed = [[csv_value(c) for c in row] for row in rows]
     parsed = [None if len(row) != 8 or None in row else row for row in parsed]
-    first_bad = next((i for i, row in enumerate(parsed)
-                      if row is None or prediction(row) is None), None)
+    first_bad = next(
+        (i for i, row in enumerate(parsed) if row is None or prediction(row) is None), None
+    )
     lines, err = run_stream(text.getvalue(), "csv", chunk_rows)
     check_output(lines, err, parsed[:first_bad], first_bad, chunk_rows)
     if first_bad is not None:
         check_named_row(err, parsed, first_bad, chunk_rows)
 
 
-json_value = st.one_of(FINITE, FINITE, st.integers(-10**400, 10**400),
-                       st.sampled_from([float("nan"), float("inf"), True, None, "1.5", [1.0]]))
+json_value = st.one_of(
+    FINITE,
+    FINITE,
+    st.integers(-(10**400), 10**400),
+    st.sampled_from([float("nan"), float("inf"), True, None, "1.5", [1.0]]),
+)
 
 
 @st.composite
@@ -410,8 +531,14 @@ def json_line(draw):
     else:
         keys = list(FEATURES)
         if kind == "keys":
-            keys = draw(st.lists(st.sampled_from(FEATURES + ("Extra", "medinc")),
-                                 min_size=7, max_size=9, unique=True))
+            keys = draw(
+                st.lists(
+                    st.sampled_from((*FEATURES, "Extra", "medinc")),
+                    min_size=7,
+                    max_size=9,
+                    unique=True,
+                )
+            )
         values_ = FINITE if kind == "good" else json_value
         line = json.dumps({k: draw(values_) for k in keys})
     return line, json_row_oracle(line)
@@ -443,8 +570,9 @@ def json_row_oracle(line: str):
 @given(lines=st.lists(json_line(), min_size=1, max_size=10), chunk_rows=st.integers(1, 4))
 def test_fuzzed_json_lines_are_predicted_or_refused_in_one_line(lines, chunk_rows):
     parsed = [row for _, row in lines]
-    first_bad = next((i for i, row in enumerate(parsed)
-                      if row is None or prediction(row) is None), None)
+    first_bad = next(
+        (i for i, row in enumerate(parsed) if row is None or prediction(row) is None), None
+    )
     text = "".join(line + "\n" for line, _ in lines)
     out, err = run_stream(text, "jsonl", chunk_rows)
     check_output(out, err, parsed[:first_bad], first_bad, chunk_rows)
@@ -453,19 +581,29 @@ def test_fuzzed_json_lines_are_predicted_or_refused_in_one_line(lines, chunk_row
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.one_of(st.binary(max_size=200), st.text(max_size=200),
-                      st.text(max_size=200).map(lambda t: HEADER + "\n" + t),
-                      st.text(max_size=200).map(lambda t: GOOD_CSV + t)),
-       chunk_rows=st.integers(1, 4))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.text(max_size=200).map(lambda t: HEADER + "\n" + t),
+        st.text(max_size=200).map(lambda t: GOOD_CSV + t),
+    ),
+    chunk_rows=st.integers(1, 4),
+)
 def test_any_input_is_predicted_or_refused_in_one_line(data, chunk_rows):
-    lines, err = run_stream(data, "auto", chunk_rows)  # any other exception fails the test
+    lines, _err = run_stream(data, "auto", chunk_rows)  # any other exception fails the test
     for line in lines:
         assert math.isfinite(float(line))
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(row=st.lists(csv_cell, min_size=8, max_size=8).filter(
-    lambda r: None in [csv_value(c) for c in r]))
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    row=st.lists(csv_cell, min_size=8, max_size=8).filter(
+        lambda r: None in [csv_value(c) for c in r]
+    )
+)
 def test_cli_refuses_a_fuzzed_bad_row_with_one_line(built_repo, row):
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([FEATURES, ROW.split(","), row])

@@ -1,24 +1,468 @@
-"""The quantize stage's own behaviour (the maths is tested in test_quantizers.py)."""
+"""Choosing codes (cali_reg.quantize) and reading them back (cali_reg.model), on small models."""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stages import quantize
-from tests.conftest import sh
-from tests.test_pipeline import set_params
+from cali_reg import model as mdl
+from cali_reg import quantize as qz
+from cali_reg.errors import ModelFileError, UserError
 
-
-def test_unused_keys_follow_each_schemes_needs():
-    assert quantize.unused_keys("pow2") == ["margin"]
-    assert quantize.unused_keys("affine") == []
-    assert quantize.unused_keys("window") == ["refit_intercept", "rounding"]
-    assert set(quantize.RULES) >= {k for s in ("pow2", "window") for k in quantize.unused_keys(s)}
+NAMES = tuple(f"f{i}" for i in range(5))
 
 
-@pytest.mark.parametrize("scheme,note", [
-    ("pow2", "note: scheme pow2 does not use quantize.margin"),
-    ("window", "note: scheme window does not use quantize.refit_intercept, quantize.rounding"),
-    ("affine", ""),
-])
-def test_stage_says_which_params_its_scheme_ignores(repo, scheme, note):
-    set_params(repo, quantize={"scheme": scheme})
-    proc = sh(["python", "-m", "stages.quantize"], repo)
-    assert proc.stderr.strip() == note
+def random_model(seed, n=None):
+    n = len(NAMES) if n is None else n
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 2, n), float(rng.normal(0, 10))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
+@pytest.mark.parametrize("margin", [0.01, 0.05, 0.5])
+def test_window_codes_in_range_and_error_within_half_step(bits, margin):
+    coef, intercept = random_model(bits * 100 + int(margin * 100))
+    m = qz.quantize(coef, intercept, scheme="window", bits=bits, margin=margin, feature_names=NAMES)
+    codes = m.arrays["codes"]
+    assert codes.dtype == (np.uint8 if bits <= 8 else np.uint16)
+    assert codes.max() < 2**bits
+    params = np.append(coef, intercept).astype(np.float32).astype(np.float64)
+    restored = np.append(m.coef, m.intercept)
+    step = m.arrays["scale"].astype(np.float64)
+    # half a step, plus float32 rounding of the arithmetic itself
+    assert np.all(
+        np.abs(restored - params) <= step / 2 + 4 * np.spacing(np.float32(np.abs(params) + margin))
+    )
+    # margin honoured: each window is [p - margin, p + margin]
+    np.testing.assert_allclose(m.arrays["min"], params - margin, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.arrays["scale"] * (2**bits - 1), 2 * margin, rtol=1e-3)
+
+
+def test_window_reproduces_seed_arithmetic():
+    # every parameter sits at the centre of its window: the ratio is 127.5 and float32 rounds to 128
+    m = qz.quantize(
+        [0.4487, -2e-6, 0.78],
+        -37.0233,
+        scheme="window",
+        bits=8,
+        margin=0.05,
+        feature_names=("a", "b", "c"),
+    )
+    assert m.arrays["codes"].tolist() == [128] * 4
+    assert m.payload_bytes == 4 * 1 + 4 * 4 + 4 * 4
+
+
+def test_more_bits_or_smaller_margin_means_smaller_error():
+    coef, intercept = random_model(7)
+    params = np.append(coef, intercept)
+
+    def err(bits, margin):
+        m = qz.quantize(
+            coef, intercept, scheme="window", bits=bits, margin=margin, feature_names=NAMES
+        )
+        return np.abs(np.append(m.coef, m.intercept) - params).max()
+
+    assert err(8, 0.01) < err(8, 0.05)
+    assert err(4, 0.05) >= err(8, 0.05)
+
+
+def test_predict_is_dequantised_linear_model():
+    coef, intercept = random_model(3)
+    m = qz.quantize(coef, intercept, scheme="window", bits=8, margin=0.05, feature_names=NAMES)
+    X = np.random.default_rng(0).normal(size=(50, len(NAMES)))
+    np.testing.assert_allclose(m.predict(X), X @ m.coef + m.intercept)
+    with pytest.raises(UserError, match="expected rows of 5 features"):
+        m.predict(X[:, :4])
+
+
+def test_linear_predict_is_the_linear_model_for_any_batch_size():
+    rng = np.random.default_rng(1)
+    coef, intercept = rng.normal(0, 2, 8), -37.0233
+    for n in (0, 1, 2, 1000):
+        X = rng.normal(0, 100, size=(n, 8))
+        X_before = X.copy()
+        out = mdl.linear_predict(X, coef, intercept)
+        assert out.dtype == np.float64 and out.shape == (n,)
+        np.testing.assert_allclose(
+            out, np.sum(X * coef, axis=1) + intercept, rtol=1e-12, atol=1e-10
+        )
+        np.testing.assert_array_equal(X, X_before)  # the input is never written to
+
+
+def test_linear_predict_gives_a_row_the_same_bits_in_any_batch():
+    rng = np.random.default_rng(4)
+    coef, intercept = rng.normal(0, 2, 8), -37.0233
+    X = rng.normal(0, 100, size=(3000, 8))
+    batch = mdl.linear_predict(X, coef, intercept)
+    for n in (*range(1, 70), 127, 128, 129, 1000, 2999):
+        for start in (0, 1, 5, 3000 - n):
+            np.testing.assert_array_equal(
+                mdl.linear_predict(X[start : start + n], coef, intercept), batch[start : start + n]
+            )
+    # and in whatever memory layout the rows arrive
+    np.testing.assert_array_equal(mdl.linear_predict(np.asfortranarray(X), coef, intercept), batch)
+
+
+def test_file_round_trip_is_exact(tmp_path):
+    coef, intercept = random_model(11)
+    m = qz.quantize(coef, intercept, scheme="window", bits=12, margin=0.02, feature_names=NAMES)
+    path = tmp_path / "q.json"
+    path.write_text(mdl.dumps(m))
+    back = mdl.load_model(path)
+    assert back.feature_names == NAMES and back.bits == 12
+    for name, arr in m.arrays.items():
+        assert back.arrays[name].dtype == arr.dtype
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    assert mdl.dumps(back) == mdl.dumps(m)
+
+
+def _saved(tmp_path, edit):
+    coef, intercept = random_model(5)
+    doc = mdl.QuantizedModel.to_dict(
+        qz.quantize(coef, intercept, scheme="window", bits=8, margin=0.05, feature_names=NAMES)
+    )
+    edit(doc)
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(version=99), "version 99 is not supported"),
+        (lambda d: d.update(format="other"), "not a cali-reg/quantized-linear file"),
+        (lambda d: d.update(scheme="zzz"), "unknown scheme 'zzz'"),
+        (lambda d: d["arrays"]["codes"]["values"].pop(), "array 'codes' must be 6"),
+        (lambda d: d["arrays"]["codes"].update(values=[300] * 6), "do not fit uint8"),
+        (lambda d: d["arrays"]["codes"].update(dtype="uint16"), "array 'codes' must be 6 x uint8"),
+        (lambda d: d.update(bits=4), "exceeds the 4-bit range"),
+        (lambda d: d["arrays"]["min"].update(values=["x"] * 6), "must be a list of numbers"),
+        (lambda d: d["arrays"].pop("scale"), "needs arrays"),
+        (lambda d: d.pop("feature_names"), "malformed model file"),
+    ],
+)
+def test_tampered_files_are_refused_with_one_line(tmp_path, edit, message):
+    path = _saved(tmp_path, edit)
+    with pytest.raises(ModelFileError, match=message) as info:
+        mdl.load_model(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_truncated_and_missing_files_are_refused(tmp_path):
+    path = _saved(tmp_path, lambda d: None)
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        mdl.load_model(path)
+    with pytest.raises(ModelFileError, match="is missing"):
+        mdl.load_model(tmp_path / "nope.json")
+
+
+# --- the sound schemes: properties over random coefficient vectors ------------
+
+SOUND = ("affine", "pow2")
+PROPERTY = settings(max_examples=60, deadline=None)
+
+# magnitudes from 1e-8 to 1e4, like a regression on features of very different units
+coefficient = st.one_of(
+    st.just(0.0),
+    st.builds(
+        lambda sign, m, e: sign * m * 10.0**e,
+        st.sampled_from((-1.0, 1.0)),
+        st.floats(1.0, 9.99),
+        st.integers(-8, 3),
+    ),
+)
+coef_vectors = st.lists(coefficient, min_size=1, max_size=8).map(np.array)
+bit_widths = st.integers(2, 16)
+margins = st.floats(1e-3, 1.0)
+
+
+def names(n):
+    return tuple(f"f{i}" for i in range(n))
+
+
+def quantized(coef, scheme, bits, margin, **kw):
+    return qz.quantize(
+        coef, 1.5, scheme=scheme, bits=bits, margin=margin, feature_names=names(len(coef)), **kw
+    )
+
+
+def signed_codes(m):
+    """The integer codes of a sound-scheme model, read back from the packed bytes."""
+    n = len(m.feature_names)
+    fields = mdl.unpack_fields(m.arrays["codes"], m.bits, n)
+    if m.scheme == "affine":
+        return fields - int(m.arrays["zero_point"][0])
+    return np.where(fields >= 2 ** (m.bits - 1), fields - 2**m.bits, fields)
+
+
+def steps(m):
+    if m.scheme == "affine":
+        return np.full(len(m.feature_names), float(m.arrays["scale"][0]))
+    return np.ldexp(1.0, m.arrays["exponents"].astype(int))
+
+
+@PROPERTY
+@given(coef=coef_vectors, scheme=st.sampled_from(SOUND), bits=bit_widths, margin=margins)
+def test_sound_codes_in_range_and_error_within_half_step(coef, scheme, bits, margin):
+    m = quantized(coef, scheme, bits, margin)
+    codes = signed_codes(m)
+    if scheme == "affine":
+        fields = codes + int(m.arrays["zero_point"][0])
+        assert fields.min() >= 0 and fields.max() <= 2**bits - 1
+    else:
+        assert np.abs(codes).max() <= 2 ** (bits - 1) - 1
+    np.testing.assert_array_equal(m.coef, codes * steps(m))
+    assert np.all(np.abs(m.coef - coef) <= steps(m) / 2 * (1 + 1e-12))
+    assert m.payload_bytes == sum(a.nbytes for a in m.arrays.values())
+    assert m.arrays["codes"].nbytes == -(-len(coef) * bits // 8)
+
+
+@PROPERTY
+@given(coef=coef_vectors, bits=bit_widths)
+def test_pow2_relative_error_is_below_one_over_qmax(coef, bits):
+    m = quantized(coef, "pow2", bits, None)
+    qmax = 2 ** (bits - 1) - 1
+    assert np.all(np.abs(m.coef - coef) <= np.abs(coef) / qmax)
+
+
+@PROPERTY
+@given(
+    coef=coef_vectors,
+    scheme=st.sampled_from(SOUND),
+    bits=bit_widths,
+    margin=margins,
+    zeros=st.lists(st.integers(0, 7), min_size=1, max_size=3),
+)
+def test_zero_dequantises_to_exactly_zero(coef, scheme, bits, margin, zeros):
+    coef = coef.copy()
+    coef[[z % len(coef) for z in zeros]] = 0.0
+    m = quantized(coef, scheme, bits, margin)
+    assert np.all(m.coef[coef == 0.0] == 0.0)
+    if scheme == "affine":  # the zero point is an integer code inside the range
+        assert 0 <= int(m.arrays["zero_point"][0]) <= 2**bits - 1
+
+
+@PROPERTY
+@given(
+    coef=coef_vectors, scheme=st.sampled_from(tuple(qz.SCHEMES)), bits=bit_widths, margin=margins
+)
+def test_deterministic_and_file_round_trip_exact(tmp_path_factory, coef, scheme, bits, margin):
+    m = quantized(coef, scheme, bits, margin)
+    assert mdl.dumps(quantized(coef, scheme, bits, margin)) == mdl.dumps(m)
+    path = tmp_path_factory.mktemp("rt") / "q.json"
+    path.write_text(mdl.dumps(m))
+    back = mdl.load_model(path)
+    assert (back.scheme, back.bits, back.feature_names) == (m.scheme, m.bits, m.feature_names)
+    for name, arr in m.arrays.items():
+        assert back.arrays[name].dtype == arr.dtype
+        np.testing.assert_array_equal(back.arrays[name], arr)
+    np.testing.assert_array_equal(back.coef, m.coef)
+    assert back.intercept == m.intercept
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 8), bits=bit_widths, seed=st.integers(0, 2**32 - 1))
+def test_pack_fields_round_trip(n, bits, seed):
+    fields = np.random.default_rng(seed).integers(0, 2**bits, n)
+    packed = qz.pack_fields(fields, bits)
+    assert packed.dtype == np.uint8 and len(packed) == mdl.packed_length(n, bits)
+    np.testing.assert_array_equal(mdl.unpack_fields(packed, bits, n), fields)
+
+
+def regression_data(seed, n, rows=60):
+    """Features of very different scales and a target that is linear in them plus noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, n)) * 10.0 ** rng.integers(-1, 4, n) + rng.normal(0, 50, n)
+    coef = rng.normal(size=n) / X.std(axis=0)
+    y = X @ coef + 3.0 + rng.normal(0, 0.3, rows)
+    return X, y, coef
+
+
+def mse_with_best_intercept(weights, X, y):
+    residual = y - X @ weights
+    return float(np.mean((residual - residual.mean()) ** 2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 8),
+    scheme=st.sampled_from(SOUND),
+    bits=st.integers(2, 8),
+)
+def test_error_aware_rounding_never_fits_worse_and_stays_within_a_step(seed, n, scheme, bits):
+    X, y, coef = regression_data(seed, n)
+    kw = {"refit_intercept": True, "calibration": (X, y)}
+    nearest = quantized(coef, scheme, bits, 0.01, rounding="nearest", **kw)
+    aware = quantized(coef, scheme, bits, 0.01, rounding="error_aware", **kw)
+    # nearest is one of the 2**n roundings searched
+    assert mse_with_best_intercept(aware.coef, X, y) <= mse_with_best_intercept(
+        nearest.coef, X, y
+    ) * (1 + 1e-9)
+    assert np.all(np.abs(aware.coef - coef) <= steps(aware) * (1 + 1e-12))
+
+
+def test_error_aware_rounding_matches_a_brute_force_search():
+    X, y, coef = regression_data(3, 5)
+    kw = {"refit_intercept": True, "calibration": (X, y)}
+    m = quantized(coef, "pow2", 3, None, rounding="error_aware", **kw)
+    assert np.any(m.coef != quantized(coef, "pow2", 3, None, **kw).coef)  # not just nearest
+    step = steps(m)
+    roundings = itertools.product(
+        *[(np.floor(c / s) * s, np.ceil(c / s) * s) for c, s in zip(coef, step, strict=True)]
+    )
+    best = min(roundings, key=lambda w: mse_with_best_intercept(np.array(w), X, y))
+    np.testing.assert_array_equal(m.coef, best)
+
+
+@pytest.mark.parametrize("scheme", SOUND)
+def test_refitted_intercept_zeroes_the_mean_training_residual(scheme):
+    X, y, coef = regression_data(8, 6)
+    m = quantized(coef, scheme, 3, 0.05, refit_intercept=True, calibration=(X, y))
+    mean_residual = np.mean(y - X @ m.coef - m.intercept)
+    assert abs(mean_residual) <= np.spacing(np.float32(m.intercept)) + 1e-12
+    fixed = quantized(coef, scheme, 3, 0.05)
+    assert fixed.intercept == 1.5  # without refit the intercept is only stored as float32
+    assert mse_with_best_intercept(m.coef, X, y) == pytest.approx(
+        np.mean((y - m.predict(X)) ** 2), rel=1e-6
+    )
+
+
+def test_window_ignores_rounding_and_refit():
+    X, y, coef = regression_data(1, 4)
+    plain = qz.quantize(coef, 2.0, scheme="window", bits=8, margin=0.05, feature_names=names(4))
+    asked = qz.quantize(
+        coef,
+        2.0,
+        scheme="window",
+        bits=8,
+        margin=0.05,
+        feature_names=names(4),
+        rounding="error_aware",
+        refit_intercept=True,
+        calibration=(X, y),
+    )
+    assert mdl.dumps(asked) == mdl.dumps(plain)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"scheme": "affine", "margin": None}, "needs a margin > 0"),
+        ({"scheme": "pow2", "rounding": "floor"}, "rounding must be one of"),
+        ({"scheme": "pow2", "refit_intercept": True}, "need calibration"),
+        (
+            {
+                "scheme": "pow2",
+                "rounding": "error_aware",
+                "calibration": (np.ones((3, 2)), np.ones(3)),
+            },
+            "calibration must be X of shape",
+        ),
+        ({"scheme": "pow2", "bits": 17}, "bits must be an integer from 2 to 16"),
+        ({"scheme": "other"}, "unknown scheme"),
+    ],
+)
+def test_quantize_refuses_bad_arguments(kw, message):
+    args = {"bits": 4, "margin": 0.05, "feature_names": NAMES} | kw
+    with pytest.raises(ValueError, match=message):
+        qz.quantize(np.ones(len(NAMES)), 0.0, **args)
+
+
+def test_pow2_flushes_a_coefficient_below_the_int8_exponent_to_within_half_a_step():
+    m = qz.quantize([1e-60, -3e-40, 0.5], 0.0, scheme="pow2", bits=8, feature_names=("a", "b", "c"))
+    assert m.arrays["exponents"].tolist()[:2] == [-128, -128]
+    assert np.all(np.abs(m.coef - [1e-60, -3e-40, 0.5]) <= steps(m) / 2)
+
+
+def test_pow2_refuses_a_coefficient_beyond_the_int8_exponent():
+    with pytest.raises(ValueError, match="too large for the pow2 scheme"):
+        qz.quantize([1e300], 0.0, scheme="pow2", bits=8, feature_names=("a",))
+
+
+def _saved_sound(tmp_path, scheme, bits, edit):
+    coef, intercept = random_model(5)
+    doc = mdl.QuantizedModel.to_dict(
+        qz.quantize(coef, intercept, scheme=scheme, bits=bits, margin=0.05, feature_names=NAMES)
+    )
+    edit(doc)
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _set_codes(doc, values):
+    doc["arrays"]["codes"]["values"] = values
+
+
+@pytest.mark.parametrize(
+    "scheme,bits,edit,message",
+    [
+        # 5 features x 4 bits = 20 bits: the last 4 bits of the 3 bytes are padding
+        (
+            "pow2",
+            4,
+            lambda d: _set_codes(d, [*d["arrays"]["codes"]["values"][:2], 15]),
+            "non-zero padding bits",
+        ),
+        ("pow2", 4, lambda d: _set_codes(d, [0x80, 0, 0]), "outside the symmetric 4-bit range"),
+        ("pow2", 8, lambda d: d["arrays"]["exponents"].update(values=[200] * 5), "do not fit int8"),
+        ("pow2", 8, lambda d: d["feature_names"].pop(), "array 'codes' must be 4 x uint8"),
+        ("pow2", 8, lambda d: d["arrays"].pop("intercept"), "needs arrays"),
+        (
+            "affine",
+            8,
+            lambda d: d["arrays"]["scale"].update(values=[-0.5]),
+            "'scale' must be positive",
+        ),
+        (
+            "affine",
+            4,
+            lambda d: d["arrays"]["zero_point"].update(values=[16]),
+            "zero point exceeds the 4-bit range",
+        ),
+        (
+            "affine",
+            8,
+            lambda d: d["arrays"]["intercept"].update(values=[1e39]),
+            "do not fit float32",
+        ),
+        ("affine", 8, lambda d: d.update(version=2), "version 2 is not supported"),
+    ],
+)
+def test_tampered_sound_files_are_refused_with_one_line(tmp_path, scheme, bits, edit, message):
+    path = _saved_sound(tmp_path, scheme, bits, edit)
+    with pytest.raises(ModelFileError, match=message) as info:
+        mdl.load_model(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", tuple(qz.SCHEMES))
+def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
+    coef, intercept = random_model(2)
+    m = qz.quantize(coef, intercept, scheme=scheme, bits=4, margin=0.05, feature_names=NAMES)
+    path = tmp_path / "q.json"
+    path.write_text(mdl.dumps(m))
+    code = (
+        "import sys, numpy as np; from cali_reg.model import load_model; "
+        f"m = load_model({str(path)!r}); print(m.predict(np.eye({len(NAMES)})).tolist()); "
+        "print(sorted({n.split('.')[0] for n in sys.modules}"
+        " & {'sklearn', 'scipy', 'joblib', 'yaml'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    np.testing.assert_array_equal(json.loads(out[0]), m.predict(np.eye(len(NAMES))))
+    assert out[1] == "[]"

@@ -1,16 +1,18 @@
-"""The sweep stage and the DVC plots drawn from its tables, run in a built copy of the project."""
+"""The sweep and the DVC plots drawn from its tables, run in a built copy of the project."""
+
 import json
 
 import numpy as np
 import pytest
 import yaml
 
-from stages import quantizers, sweep
-from stages.common import read_table
+from cali_reg import sweep
+from cali_reg.data import read_table
+from cali_reg.model import DECODERS
+from cali_reg.quantize import SCHEMES
 from tests.conftest import dvc, read_json
 
-PLOT_IDS = {"predicted_vs_actual", "residuals_float", "residuals_quant", "tradeoff",
-            "refinements"}
+PLOT_IDS = {"predicted_vs_actual", "residuals_float", "residuals_quant", "tradeoff", "refinements"}
 
 
 def sweep_tables(repo) -> dict[str, np.ndarray]:
@@ -21,20 +23,23 @@ def test_sweep_covers_every_scheme_margin_and_bit_width(built_repo):
     tables = sweep_tables(built_repo)
     grid = sweep.variants()
     assert set(tables) == set(grid)
-    for scheme, spec in quantizers.SCHEMES.items():
+    for scheme, spec in SCHEMES.items():
         settings = [v for v in grid.values() if v["scheme"] == scheme]
         if spec.uses_margin:
             assert {v["margin"] for v in settings} == set(sweep.MARGINS)
         if spec.refines:
-            assert {(v["rounding"], v["refit_intercept"]) for v in settings} == \
-                set(sweep.REFINEMENTS)
+            assert {(v["rounding"], v["refit_intercept"]) for v in settings} == set(
+                sweep.REFINEMENTS
+            )
     for name, table in tables.items():
         assert table[:, 0].tolist() == list(range(2, 17)), name
         assert np.all(table[:, 1] > 0) and np.all(np.isfinite(table[:, 2:])), name
         # payload = the stored arrays of the scheme's file layout, nothing else
-        layout = quantizers.SCHEMES[grid[name]["scheme"]].layout
-        expected = [sum(dtype.itemsize * n for dtype, n in layout(8, bits).values())
-                    for bits in range(2, 17)]
+        layout = DECODERS[grid[name]["scheme"]].layout
+        expected = [
+            sum(dtype.itemsize * n for dtype, n in layout(8, bits).values())
+            for bits in range(2, 17)
+        ]
         assert table[:, 1].tolist() == expected, name
 
 
@@ -42,10 +47,14 @@ def test_sweep_scores_like_the_pipeline(built_repo):
     """A sweep row at the pipeline's params is exactly what evaluate measured."""
     tables = sweep_tables(built_repo)
     params = yaml.safe_load((built_repo / "params.yaml").read_text())["quantize"]
-    name = next(n for n, v in sweep.variants().items()
-                if v["scheme"] == params["scheme"] and v["rounding"] == params["rounding"]
-                and v["refit_intercept"] == params["refit_intercept"]
-                and v["margin"] in (None, params["margin"]))
+    name = next(
+        n
+        for n, v in sweep.variants().items()
+        if v["scheme"] == params["scheme"]
+        and v["rounding"] == params["rounding"]
+        and v["refit_intercept"] == params["refit_intercept"]
+        and v["margin"] in (None, params["margin"])
+    )
     row = tables[name][params["bits"] - 2]
     q = read_json(built_repo / "metrics/quant.json")
     assert row.tolist() == [params["bits"], q["payload_bytes"], q["r2"], q["rmse"], q["mae"]]
@@ -66,7 +75,7 @@ def test_dvc_plots_show_renders_every_plot(built_repo, tmp_path):
     shown = json.loads(dvc("plots", "show", "--json", cwd=built_repo).stdout)
     assert "errors" not in shown
     plots = shown["data"]
-    assert PLOT_IDS <= set(plots)
+    assert set(plots) >= PLOT_IDS
     for plot_id in PLOT_IDS:
         spec = plots[plot_id][0]["content"]
         assert spec["data"]["values"], plot_id
@@ -84,8 +93,15 @@ def test_dvc_plots_show_renders_every_plot(built_repo, tmp_path):
     assert "Accuracy against size" in page and "cdn.jsdelivr.net/npm/vega@" in page
 
     offline = tmp_path / "offline"
-    dvc("plots", "show", "--html-template", ".dvc/plots/offline.html", "-o", str(offline),
-        cwd=built_repo)
+    dvc(
+        "plots",
+        "show",
+        "--html-template",
+        ".dvc/plots/offline.html",
+        "-o",
+        str(offline),
+        cwd=built_repo,
+    )
     page = (offline / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and page.count("vegaEmbed(") >= len(PLOT_IDS)
     assert '<script src="../.vega/node_modules/vega-embed/build/vega-embed.min.js">' in page

@@ -1,0 +1,362 @@
+"""The model files and inference: what serving a model needs, with numpy alone.
+
+Two plain-JSON formats, never a pickle:
+
+- the float model (``models/float.json``, written by the train stage): feature
+  names, coefficients and intercept as float64 decimals;
+- the quantised model (``models/quant.json``, format ``cali-reg/quantized-linear``):
+  scheme, bits, feature names, and the small integer and float arrays that
+  inference needs, each with its stored dtype. ``payload_bytes`` is their size.
+
+``load_model`` reads either. Both predict through ``linear_predict``, so the model
+that the evaluate stage scores is bit for bit the model that is served. How the
+codes are chosen is ``cali_reg.quantize``; this module only decodes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cali_reg.errors import ModelFileError, UserError
+
+FORMAT = "cali-reg/quantized-linear"
+VERSION = 1
+_DTYPES = {"uint8", "uint16", "int8", "int16", "float32", "float64"}
+_ROW_GROUP = 64  # a multiple of every x86-64 OpenBLAS gemv kernel's row unrolling
+
+
+def linear_predict(X, coef, intercept) -> np.ndarray:
+    """``X @ coef + intercept`` as float64, the one prediction path of every model.
+
+    One BLAS matrix-vector product, multithreaded, then an in-place add: at the
+    speed of memory. BLAS kernels work on groups of rows and finish an odd-sized
+    remainder another way, which moves the last bits; so the rows past the last
+    multiple of ``_ROW_GROUP`` go through a zero-padded group of their own, and a
+    row gets the same bits alone or in any batch (on one machine: another CPU may
+    pick another kernel, a difference of about 1e-14).
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    coef = np.asarray(coef, dtype=np.float64)
+    n = len(X)
+    head = n - n % _ROW_GROUP
+    out = np.empty(n)
+    if head:
+        np.matmul(X[:head], coef, out=out[:head])
+    if head < n:
+        group = np.zeros((_ROW_GROUP, X.shape[1]))
+        group[: n - head] = X[head:]
+        out[head:] = (group @ coef)[: n - head]
+    out += np.float64(intercept)
+    return out
+
+
+def _check_rows(X, feature_names) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(feature_names):
+        raise UserError(
+            f"expected rows of {len(feature_names)} features "
+            f"({', '.join(feature_names)}), got shape {X.shape}"
+        )
+    return X
+
+
+# --- the float model -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloatModel:
+    """The fitted float64 weights, as the train stage saves them beside the estimator."""
+
+    feature_names: tuple[str, ...]
+    coef: np.ndarray
+    intercept: float
+    scheme = "float64"
+    bits = 64
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of the float64 coefficients and intercept."""
+        return int(self.coef.nbytes + np.float64(self.intercept).nbytes)
+
+    def predict(self, X) -> np.ndarray:
+        return linear_predict(_check_rows(X, self.feature_names), self.coef, self.intercept)
+
+    def to_dict(self) -> dict:
+        return {
+            "feature_names": list(self.feature_names),
+            "coef": self.coef.tolist(),
+            "intercept": float(self.intercept),
+        }
+
+
+def float_from_dict(doc: object) -> FloatModel:
+    """A FloatModel from ``FloatModel.to_dict`` output; ModelFileError if anything is off."""
+    names = doc.get("feature_names") if isinstance(doc, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ModelFileError("feature_names must be a non-empty list of strings")
+    if not (
+        _finite_numbers(doc.get("coef"), len(names)) and _finite_numbers([doc.get("intercept")], 1)
+    ):
+        raise ModelFileError(
+            f"it does not hold {len(names)} finite coefficients and a finite intercept"
+        )
+    return FloatModel(
+        tuple(names), np.array(doc["coef"], dtype=np.float64), float(doc["intercept"])
+    )
+
+
+def _finite_numbers(values, n: int) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == n
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+    )
+
+
+# --- decoding the quantised schemes ----------------------------------------------
+
+
+def code_dtype(bits: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ``bits``-bit codes."""
+    return np.dtype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def packed_length(n: int, bits: int) -> int:
+    """Bytes that ``n`` fields of ``bits`` bits take when packed end to end."""
+    return -(-n * bits // 8)
+
+
+def unpack_fields(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Unsigned ``bits``-bit integers packed end to end, most significant bit first.
+
+    The padding bits after the last field must be zero.
+    """
+    flat = np.unpackbits(np.asarray(packed, dtype=np.uint8))
+    if flat[n * bits :].any():
+        raise ModelFileError("packed codes have non-zero padding bits")
+    weights = np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64)
+    return flat[: n * bits].reshape(n, bits).astype(np.int64) @ weights
+
+
+def _window_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
+    if int(arrays["codes"].max()) >= 2**bits:
+        raise ModelFileError(f"a code exceeds the {bits}-bit range")
+    params = arrays["codes"].astype(np.float32) * arrays["scale"] + arrays["min"]
+    return params[:-1], params[-1]
+
+
+def _window_layout(n: int, bits: int) -> dict:
+    return {
+        "codes": (code_dtype(bits), n + 1),
+        "min": (np.dtype(np.float32), n + 1),
+        "scale": (np.dtype(np.float32), n + 1),
+    }
+
+
+def _affine_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
+    scale, zero_point = arrays["scale"][0], int(arrays["zero_point"][0])
+    if not scale > 0:
+        raise ModelFileError("array 'scale' must be positive")
+    if zero_point >= 2**bits:
+        raise ModelFileError(f"the zero point exceeds the {bits}-bit range")
+    coef = (unpack_fields(arrays["codes"], bits, n) - zero_point) * np.float64(scale)
+    return coef, arrays["intercept"][0]
+
+
+def _affine_layout(n: int, bits: int) -> dict:
+    return {
+        "codes": (np.dtype(np.uint8), packed_length(n, bits)),
+        "scale": (np.dtype(np.float32), 1),
+        "zero_point": (code_dtype(bits), 1),
+        "intercept": (np.dtype(np.float32), 1),
+    }
+
+
+def _pow2_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
+    fields = unpack_fields(arrays["codes"], bits, n)
+    codes = np.where(fields >= 2 ** (bits - 1), fields - 2**bits, fields)
+    if np.any(codes < -(2 ** (bits - 1) - 1)):
+        raise ModelFileError(f"a code is outside the symmetric {bits}-bit range")
+    coef = np.ldexp(codes.astype(np.float64), arrays["exponents"].astype(np.int64))
+    return coef, arrays["intercept"][0]
+
+
+def _pow2_layout(n: int, bits: int) -> dict:
+    return {
+        "codes": (np.dtype(np.uint8), packed_length(n, bits)),
+        "exponents": (np.dtype(np.int8), n),
+        "intercept": (np.dtype(np.float32), 1),
+    }
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How a scheme's stored arrays become float weights, and which arrays it stores."""
+
+    decode: Callable[[dict, int, int], tuple[np.ndarray, float]]
+    layout: Callable[[int, int], dict]  # (n_features, bits) -> {name: (dtype, length)}
+
+
+DECODERS = {
+    "window": Decoder(_window_decode, _window_layout),
+    "affine": Decoder(_affine_decode, _affine_layout),
+    "pow2": Decoder(_pow2_decode, _pow2_layout),
+}
+
+
+# --- the quantised model ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A scheme's stored arrays, checked against its layout and decoded once."""
+
+    scheme: str
+    bits: int
+    feature_names: tuple[str, ...]
+    arrays: dict = field(repr=False)
+
+    def __post_init__(self):
+        _check_quantized(self)
+        coef, intercept = DECODERS[self.scheme].decode(
+            self.arrays, self.bits, len(self.feature_names)
+        )
+        # Inference runs in float64 on the decoded weights: no per-call decoding.
+        object.__setattr__(self, "coef", np.asarray(coef, dtype=np.float64))
+        object.__setattr__(self, "intercept", float(intercept))
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of the stored arrays that inference needs, in their stored dtypes."""
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+    def predict(self, X) -> np.ndarray:
+        return linear_predict(_check_rows(X, self.feature_names), self.coef, self.intercept)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict; floats as shortest round-trip decimals of their stored dtype."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "scheme": self.scheme,
+            "bits": self.bits,
+            "feature_names": list(self.feature_names),
+            "arrays": {
+                name: {"dtype": str(a.dtype), "values": a.tolist()}
+                for name, a in self.arrays.items()
+            },
+        }
+
+
+def _check_quantized(model: QuantizedModel) -> None:
+    if model.scheme not in DECODERS:
+        raise ModelFileError(f"unknown scheme {model.scheme!r}; known: " + ", ".join(DECODERS))
+    if not (_is_int(model.bits) and 2 <= model.bits <= 16):
+        raise ModelFileError(f"bits = {model.bits!r} must be an integer from 2 to 16")
+    if not (model.feature_names and all(isinstance(n, str) for n in model.feature_names)):
+        raise ModelFileError("feature_names must be a non-empty list of strings")
+    layout = DECODERS[model.scheme].layout(len(model.feature_names), model.bits)
+    if set(model.arrays) != set(layout):
+        raise ModelFileError(
+            f"scheme {model.scheme} needs arrays {sorted(layout)}, got {sorted(model.arrays)}"
+        )
+    for name, (dtype, length) in layout.items():
+        arr = model.arrays[name]
+        if arr.dtype != dtype or arr.shape != (length,):
+            raise ModelFileError(
+                f"array {name!r} must be {length} x {dtype}, got {arr.shape} x {arr.dtype}"
+            )
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelFileError(f"array {name!r} holds a NaN or infinity")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def quantized_from_dict(doc: object) -> QuantizedModel:
+    """Rebuild and validate a model from ``to_dict`` output; ModelFileError if anything is off."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelFileError(f"not a {FORMAT} file")
+    if doc.get("version") != VERSION:
+        raise ModelFileError(
+            f"format version {doc.get('version')!r} is not supported "
+            f"(this code reads version {VERSION}); re-run 'dvc repro'"
+        )
+    try:
+        arrays = {}
+        for name, spec in doc["arrays"].items():
+            if spec["dtype"] not in _DTYPES:
+                raise ModelFileError(f"array {name!r} has unsupported dtype {spec['dtype']!r}")
+            values = spec["values"]
+            if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise ModelFileError(f"array {name!r} must be a list of numbers")
+            arrays[name] = _exact_array(values, np.dtype(spec["dtype"]), name)
+        return QuantizedModel(doc["scheme"], doc["bits"], tuple(doc["feature_names"]), arrays)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ModelFileError(f"malformed model file ({type(err).__name__}: {err})") from None
+
+
+def _exact_array(values, dtype, name):
+    """Convert to ``dtype`` only if no value changes (no silent wrap or rounding)."""
+    wide = np.array(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # caught by the comparison below
+        arr = wide.astype(dtype)
+    if not np.array_equal(arr.astype(np.float64), wide, equal_nan=True):
+        raise ModelFileError(f"array {name!r} holds values that do not fit {dtype}")
+    return arr
+
+
+# --- files -------------------------------------------------------------------------
+
+Model = FloatModel | QuantizedModel
+
+
+def dumps(model: Model) -> str:
+    """The model file's text: indented JSON in a fixed key order."""
+    return json.dumps(model.to_dict(), indent=2) + "\n"
+
+
+def from_dict(doc: object) -> Model:
+    """Either model from its dict: a quantised model has a ``format`` key."""
+    if isinstance(doc, dict) and "format" in doc:
+        return quantized_from_dict(doc)
+    if isinstance(doc, dict) and "coef" in doc:
+        return float_from_dict(doc)
+    raise ModelFileError(f"neither a {FORMAT} file nor a float model (coef, intercept)")
+
+
+def load_model(path: Path | str, expect: type | None = None) -> Model:
+    """Read a model file; any problem is one ModelFileError line naming the file.
+
+    With ``expect`` (FloatModel or QuantizedModel), a file of the other kind is refused.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelFileError(f"{path} is missing: run 'dvc repro' to build it") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a directory, not a model file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} is corrupt or truncated ({err}); re-run 'dvc repro' to rebuild it"
+        ) from None
+    try:
+        model = from_dict(doc)
+        if expect is not None and not isinstance(model, expect):
+            raise ModelFileError(f"not a {expect.__name__} file")
+    except ModelFileError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    return model

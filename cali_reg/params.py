@@ -1,0 +1,97 @@
+"""Checking params.yaml: each stage declares its section's rules and reads it through here.
+
+A bad section stops the stage before it does any work, with one line naming the
+key and what it allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cali_reg.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One param: a type and range check, and the words that say what it allows."""
+
+    check: Callable[[object], bool]
+    allowed: str
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def int_in(lo: int, hi: int) -> Rule:
+    return Rule(lambda v: _is_int(v) and lo <= v <= hi, f"an integer from {lo} to {hi}")
+
+
+def number_open(lo: float, hi: float) -> Rule:
+    return Rule(
+        lambda v: _is_number(v) and lo < v < hi, f"a number strictly between {lo:g} and {hi:g}"
+    )
+
+
+def number_above(lo: float) -> Rule:
+    return Rule(lambda v: _is_number(v) and v > lo, f"a number greater than {lo:g}")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v in choices, "one of " + ", ".join(choices))
+
+
+def boolean() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def validate_section(params: object, section: str, rules: dict[str, Rule]) -> dict:
+    """Return ``params[section]`` after checking every key against ``rules``.
+
+    Raises UserError naming the first bad key and what it allows: a missing key,
+    an unknown key (usually a typo), or a value of the wrong type or range.
+    """
+    where = str(PARAMS_FILE)
+    values = params.get(section) if isinstance(params, dict) else None
+    if not isinstance(values, dict):
+        raise UserError(
+            f"{where}: section '{section}' is missing; it needs keys " + ", ".join(rules)
+        )
+    for key, rule in rules.items():
+        if key not in values:
+            raise UserError(f"{where}: {section}.{key} is missing; set it to {rule.allowed}")
+        if not rule.check(values[key]):
+            raise UserError(
+                f"{where}: {section}.{key} = {values[key]!r} is not allowed; use {rule.allowed}"
+            )
+    unknown = sorted(set(values) - set(rules))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key {section}.{unknown[0]}; allowed keys are " + ", ".join(rules)
+        )
+    return dict(values)
+
+
+def load_params(section: str, rules: dict[str, Rule], path: Path | str = PARAMS_FILE) -> dict:
+    """Read ``path`` and return one validated section of it."""
+    import yaml  # only the stages need it, not the predictor
+
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise UserError(f"{path} is not valid YAML{at}: fix its syntax") from None
+    return validate_section(params, section, rules)

@@ -1,0 +1,39 @@
+"""The linters are the same everywhere: requirements-dev.txt, pre-commit and .ci/run."""
+
+import re
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def dev_pins() -> dict[str, str]:
+    text = (ROOT / "requirements-dev.txt").read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, flags=re.M))
+
+
+def test_pre_commit_hooks_pin_the_versions_of_requirements_dev():
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    pins = dev_pins()
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    assert {h["id"] for h in hooks} >= {
+        "ruff",
+        "ruff-format",
+        "hadolint",
+        "actionlint",
+        "shellcheck",
+    }
+    for hook in hooks:
+        assert hook["additional_dependencies"], hook["id"]
+        for dep in hook["additional_dependencies"]:
+            name, version = dep.split("==")
+            assert pins.get(name) == version, dep
+
+
+def test_ci_runs_ruff_lint_and_format_check():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "ruff check" in script and "ruff format --check" in script
+    rules = re.search(r"select = \[(.*?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    # pyflakes, pycodestyle, isort, bugbear, pyupgrade
+    for family in ("F", "E", "W", "I", "B", "UP"):
+        assert f'"{family}"' in rules

@@ -1,0 +1,74 @@
+"""Param validation: every bad value, key or section is one line naming it."""
+
+import pytest
+
+from cali_reg.errors import UserError
+from cali_reg.params import load_params, validate_section
+from stages.quantize import RULES as QUANTIZE_RULES
+from stages.split import RULES as SPLIT_RULES
+
+GOOD = {
+    "split": {"test_size": 0.2, "seed": 42},
+    "quantize": {
+        "scheme": "window",
+        "bits": 8,
+        "margin": 0.05,
+        "refit_intercept": True,
+        "rounding": "nearest",
+    },
+}
+
+
+def with_value(section, key, value):
+    params = {s: dict(v) for s, v in GOOD.items()}
+    params[section][key] = value
+    return params
+
+
+def test_good_params_pass():
+    assert validate_section(GOOD, "split", SPLIT_RULES) == GOOD["split"]
+    assert validate_section(GOOD, "quantize", QUANTIZE_RULES) == GOOD["quantize"]
+
+
+@pytest.mark.parametrize(
+    "section,rules,key,value,allowed",
+    [
+        ("split", SPLIT_RULES, "test_size", 0.0, "strictly between 0 and 1"),
+        ("split", SPLIT_RULES, "test_size", 1, "strictly between 0 and 1"),
+        ("split", SPLIT_RULES, "test_size", float("nan"), "strictly between 0 and 1"),
+        ("split", SPLIT_RULES, "test_size", True, "strictly between 0 and 1"),
+        ("split", SPLIT_RULES, "seed", -1, "an integer from 0"),
+        ("split", SPLIT_RULES, "seed", 4.2, "an integer from 0"),
+        ("quantize", QUANTIZE_RULES, "bits", 1, "an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", 17, "an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", True, "an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "margin", 0, "a number greater than 0"),
+        ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number greater than 0"),
+        ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window, affine, pow2"),
+        ("quantize", QUANTIZE_RULES, "refit_intercept", "yes", "true or false"),
+        ("quantize", QUANTIZE_RULES, "refit_intercept", 1, "true or false"),
+        ("quantize", QUANTIZE_RULES, "rounding", "floor", "one of nearest, error_aware"),
+    ],
+)
+def test_bad_values_name_key_and_allowed(section, rules, key, value, allowed):
+    with pytest.raises(UserError) as info:
+        validate_section(with_value(section, key, value), section, rules)
+    assert f"{section}.{key}" in str(info.value) and allowed in str(info.value)
+
+
+def test_missing_and_unknown_keys_and_sections():
+    params = {"quantize": {"scheme": "window", "bits": 8}}
+    with pytest.raises(UserError, match=r"quantize\.margin is missing"):
+        validate_section(params, "quantize", QUANTIZE_RULES)
+    params = with_value("quantize", "bitz", 4)
+    with pytest.raises(UserError, match=r"unknown key quantize\.bitz"):
+        validate_section(params, "quantize", QUANTIZE_RULES)
+    with pytest.raises(UserError, match="section 'split' is missing"):
+        validate_section({}, "split", SPLIT_RULES)
+
+
+def test_load_params_reports_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("split: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params("split", SPLIT_RULES, path)

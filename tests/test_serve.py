@@ -488,3 +488,20 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(built_repo, expected):
     for status, doc in results:  # every answer that came is whole
         assert status == 200 and len(doc["predictions"]) == 1000
     assert code == 0
+
+
+# --- packaging --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["granian", "orjson"])
+def test_the_server_is_pinned_alike_in_requirements_extra_and_image(package):
+    import re
+
+    from tests.conftest import ROOT
+
+    pins = [
+        re.findall(rf"{package}==([\w.]+)", (ROOT / name).read_text())
+        for name in ("requirements.txt", "pyproject.toml", "Dockerfile")
+    ]
+    assert all(len(found) == 1 for found in pins), pins
+    assert len({found[0] for found in pins}) == 1, pins

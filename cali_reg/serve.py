@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -454,7 +455,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or models/float.json of the project (default: quant)",
     )
     parser.add_argument(
-        "--workers", type=_positive, default=1, help="worker processes (default: 1)"
+        "--workers",
+        type=_positive,
+        default=len(os.sched_getaffinity(0)),
+        help="worker processes (default: one per CPU this process may use)",
     )
     parser.add_argument(
         "--id-column",
@@ -496,6 +500,20 @@ def _timeout(text: str) -> int:
     return int(text)
 
 
+def _check_address(host: str, port: int) -> None:
+    """One line, not granian's Rust panic, for an address that cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(
+            f"cannot listen on {host}:{port} ({reason}); use another --host or --port"
+        ) from None
+
+
 def main(args: argparse.Namespace) -> None:
     """Load the model (a bad one stops here with one line), then serve until SIGTERM/SIGINT."""
     try:
@@ -514,6 +532,7 @@ def main(args: argparse.Namespace) -> None:
         )
     path = model_path(args.model).resolve()
     App(path)  # refuse a bad model file before any worker starts
+    _check_address(args.host, args.port)
     os.environ[ENV] = json.dumps(
         {
             "model": str(path),
@@ -536,7 +555,4 @@ def main(args: argparse.Namespace) -> None:
         workers_kill_timeout=args.timeout + 5,
         log_access=False,
     )
-    try:
-        server.serve()
-    except OSError as err:
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror})") from None
+    server.serve()

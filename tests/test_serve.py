@@ -505,3 +505,28 @@ def test_the_server_is_pinned_alike_in_requirements_extra_and_image(package):
     ]
     assert all(len(found) == 1 for found in pins), pins
     assert len({found[0] for found in pins}) == 1, pins
+
+
+def test_startup_mistakes_are_one_line_exit_2(built_repo, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for args, words in [
+            (["--model", str(bad)], "bad.json"),
+            (["--port", port], "Address already in use"),
+            (["--workers", "0"], "not a positive integer"),
+            (["--timeout", "61"], "from 1 to 60"),
+            (["--id-column", "MedInc"], "not one of the features"),
+        ]:
+            proc = sh(
+                [sys.executable, "-m", "cali_reg", "serve", *args],
+                built_repo,
+                check=False,
+                timeout=60,
+            )
+            assert proc.returncode == 2, (args, proc.stderr)
+            assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+            assert words in proc.stderr

@@ -457,7 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=_positive,
-        default=len(os.sched_getaffinity(0)),
+        default=_usable_cpus(),
         help="worker processes (default: one per CPU this process may use)",
     )
     parser.add_argument(
@@ -480,6 +480,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"close connections idle or sending headers this long, answer 408 to a body "
         f"that takes longer (1 to 60, default: {TIMEOUT})",
     )
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset), where the OS tells."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _positive(text: str) -> int:

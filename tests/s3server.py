@@ -248,11 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.monotonic()
         server.start()
+        # the committed s3 remote is s3://cali-reg-dvc/storage: only another bucket needs a url
+        url = (
+            ""
+            if args.bucket == BUCKET
+            else f"  dvc remote modify --local s3 url s3://{args.bucket}/storage\n"
+        )
         print(
             f"S3 server ready in {time.monotonic() - started:.1f} s on {server.endpoint}"
             f" (bucket {server.bucket}, data in {server.root}). Point the s3 remote at it:\n"
-            f"  dvc remote modify --local s3 endpointurl {server.endpoint}\n"
-            f"  dvc remote modify --local s3 url s3://{server.bucket}/cali-reg\n"
+            f"  dvc remote modify --local s3 endpointurl {server.endpoint}\n{url}"
             f"  export AWS_ACCESS_KEY_ID={server.access_key}"
             f" AWS_SECRET_ACCESS_KEY={server.secret_key}\n"
             f"  dvc push -r s3\n"

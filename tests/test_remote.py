@@ -468,3 +468,27 @@ def test_s3_client_is_unauthorised_with_a_wrong_secret(s3):
     client = s3_client(s3.endpoint, s3.access_key, "wrong")
     with pytest.raises(Exception, match=r"403|Forbidden|SignatureDoesNotMatch|AccessDenied"):
         client.list_objects_v2(Bucket=s3.bucket)
+
+
+# -- 8: CI -------------------------------------------------------------------------------------
+
+
+def test_workflow_uploads_outputs_and_pushes_only_with_secrets_on_main():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yaml").read_text())
+    steps = workflow["jobs"]["pipeline"]["steps"]
+    names = [step.get("name", step.get("uses", "")) for step in steps]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert {"models/", "metrics/"} <= set(upload["with"]["path"].split())
+    assert (
+        names.index(upload["name"])
+        == names.index("dvc repro (clean checkout, no DVC cache or remote)") + 1
+    )
+    push = next(s for s in steps if "dvc push" in s.get("run", ""))
+    assert push["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert set(push["env"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all("secrets." in value for value in push["env"].values())
+    skip = push["run"].index("dvc push skipped")
+    assert skip < push["run"].index("exit 0") < push["run"].index("dvc push -r s3")
+    tests = workflow["jobs"]["tests"]["steps"]
+    assert any("requirements-dev.txt" in s.get("run", "") for s in tests), "weed for the tests"
+    assert "requirements-dev.txt" in (ROOT / ".ci" / "run").read_text()

@@ -169,10 +169,14 @@ def test_default_remote_push_and_pull_need_no_setup(project, home, tmp_path):
     """After the quick start, `dvc push` works as is; a fresh clone pulls the same bytes."""
     a = tmp_path / "A"
     shutil.copytree(project["A"], a, symlinks=True)
+    # the hint that `dvc repro` (so the quick start) ends with, when a stage ran
+    repro = dvc("repro", "-f", "quantize", cwd=a, home=home)
+    assert "Use `dvc push` to send your updates to remote storage." in repro.stdout
     push = dvc("push", cwd=a, home=home)
-    assert "pushed" in push.stdout or "up to date" in push.stdout
+    cached = [p for p in (a / ".dvc" / "cache" / "files").rglob("*") if p.is_file()]
+    assert f"{len(cached)} files pushed" in push.stdout, push.stdout
     storage = home / DEFAULT_STORAGE / "files" / "md5"
-    assert len([p for p in storage.rglob("*") if p.is_file()]) >= 7
+    assert len([p for p in storage.rglob("*") if p.is_file()]) == len(cached)
     b = tmp_path / "B"
     git("clone", "-q", str(project["origin"]), str(b), cwd=tmp_path, home=home)
     dvc("pull", cwd=b, home=home)

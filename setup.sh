@@ -10,4 +10,6 @@ cd "$(dirname "$0")"
 . .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+# the tools of the tests and .ci/run, among them the S3 server of tests/test_remote.py
+python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 dvc repro

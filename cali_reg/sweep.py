@@ -15,7 +15,7 @@ from cali_reg.quantize import SCHEMES, quantize
 BITS = range(2, 17)
 MARGINS = (0.01, 0.05, 0.2)
 # (rounding, refit_intercept) for the schemes that honour them
-REFINEMENTS = (("error_aware", True), ("nearest", True), ("nearest", False))
+REFINEMENTS = (("optimal", True), ("error_aware", True), ("nearest", True), ("nearest", False))
 COLUMNS = ("bits", "payload_bytes", "r2", "rmse", "mae")
 
 

@@ -130,9 +130,12 @@ def edit_json(path: Path, edit) -> None:
 
 
 def code_out_of_range(doc) -> None:
-    # pow2 codes are symmetric two's complement: 8 bits hold -127..127, never -128 (0x80)
-    assert (doc["scheme"], doc["bits"]) == ("pow2", 8), "written for the default pow2 8-bit model"
-    doc["arrays"]["codes"]["values"][0] = 0x80
+    # pow2 codes are symmetric two's complement: b bits hold -(2**(b-1) - 1) and up, never
+    # -2**(b-1) (a sign bit then zeros), here written into the first packed code
+    bits = doc["bits"]
+    assert doc["scheme"] == "pow2" and bits <= 8, "written for the default pow2 model"
+    codes = doc["arrays"]["codes"]["values"]
+    codes[0] = (codes[0] & (0xFF >> bits)) | 0x80
 
 
 TAMPERED_MODELS = {
@@ -147,7 +150,7 @@ TAMPERED_MODELS = {
     ),
     "code out of range": (
         lambda p: edit_json(p, code_out_of_range),
-        "a code is outside the symmetric 8-bit range",
+        "a code is outside the symmetric",
     ),
     "negative code": (
         lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].__setitem__(0, -1)),

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from cali_reg.model import unpack_fields
+from cali_reg.quantize import pack_fields
 from tests.conftest import dvc, read_json, sh
 
 # Reference figures of the data set (../shared/data/README.md), not of this code.
@@ -128,7 +130,8 @@ def test_margin_0_keeps_the_bits_and_meets_the_8_bit_target(repo):
 
 def test_default_scheme_meets_the_4_bit_target(repo):
     out = dvc("exp", "run", "-S", "quantize.bits=4", "-S", "quantize.margin=0", cwd=repo).stdout
-    assert stages_run(out) == {"quantize", "evaluate"}
+    # evaluate is skipped if the default margin already chose this very model
+    assert "quantize" in stages_run(out) <= {"quantize", "evaluate"}
     check_target(repo, 4)
 
 
@@ -294,10 +297,12 @@ def test_offline_without_cache_says_to_set_scikit_learn_data(repo, tmp_path, mon
 
 
 def _drop_last_feature(doc):
-    """A well-formed pow2 8-bit model file for one feature fewer than the pipeline has."""
+    """A well-formed pow2 model file for one feature fewer than the pipeline has."""
+    n, bits = len(doc["feature_names"]), doc["bits"]
     doc["feature_names"].pop()
-    for name in ("codes", "exponents"):
-        doc["arrays"][name]["values"].pop()
+    doc["arrays"]["exponents"]["values"].pop()
+    fields = unpack_fields(np.array(doc["arrays"]["codes"]["values"], np.uint8), bits, n)
+    doc["arrays"]["codes"]["values"] = pack_fields(fields[:-1], bits).tolist()
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,8 @@
 """Stage sweep: every quantisation scheme at bits 2 to 16, scored on the test split.
 
-One CSV per variant under plots/sweep/ (bits, payload_bytes, r2, rmse, mae), one
-line each in the DVC plots.
+One long table, plots/sweep.csv: a row per variant and bit width, with its payload,
+test scores, R² loss against the float model, and whether it is on the Pareto front.
 """
-
-from pathlib import Path
 
 from cali_reg.data import read_xy, write_table
 from cali_reg.errors import run
@@ -13,17 +11,12 @@ from cali_reg.sweep import COLUMNS, sweep
 
 TRAIN, TEST = "data/train.csv", "data/test.csv"
 FLOAT = "models/float.json"
-OUT = Path("plots/sweep")
+OUT = "plots/sweep.csv"
 
 
 def main() -> None:
     fmodel = load_model(FLOAT, expect=FloatModel)
-    tables = sweep(fmodel.coef, fmodel.intercept, read_xy(TRAIN), read_xy(TEST))
-    for name, rows in tables.items():
-        write_table(OUT / f"{name}.csv", COLUMNS, rows)
-    # a variant dropped from the grid must not leave its old line behind
-    for stale in set(OUT.glob("*.csv")) - {OUT / f"{name}.csv" for name in tables}:
-        stale.unlink()
+    write_table(OUT, COLUMNS, sweep(fmodel.coef, fmodel.intercept, read_xy(TRAIN), read_xy(TEST)))
 
 
 if __name__ == "__main__":

@@ -612,3 +612,102 @@ def test_cli_refuses_a_fuzzed_bad_row_with_one_line(built_repo, row):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: row 2 ")
     assert len(proc.stdout.splitlines()) <= 1  # the good first row at most, never the bad one
+
+
+# --- the model by path, from anywhere; JSON arrays; ids passing through -------------
+
+
+def test_predict_works_from_any_directory_with_a_model_path(built_repo, tmp_path):
+    rows = (built_repo / "data/sample.csv").read_text()
+    inside = predict_cli(built_repo, stdin=rows, check=True).stdout
+    elsewhere = sh(
+        [
+            sys.executable,
+            "-m",
+            "cali_reg",
+            "predict",
+            "--model",
+            str(built_repo / "models/quant.json"),
+        ],
+        tmp_path,
+        input=rows,
+    ).stdout
+    assert elsewhere == inside and len(inside.splitlines()) == 100
+    floats = sh(
+        [
+            sys.executable,
+            "-m",
+            "cali_reg",
+            "predict",
+            "--model",
+            str(built_repo / "models/float.json"),
+        ],
+        tmp_path,
+        input=rows,
+    ).stdout
+    assert floats == predict_cli(built_repo, "--model", "float", stdin=rows, check=True).stdout
+
+
+def test_outside_the_project_the_default_model_is_one_line_naming_the_fix(tmp_path):
+    proc = sh([sys.executable, "-m", "cali_reg", "predict"], tmp_path, input=GOOD_CSV, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "give --model PATH" in proc.stderr
+
+
+def test_a_json_array_of_objects_is_read_as_rows(built_repo):
+    X = read_table(built_repo / "data/sample.csv", FEATURES)[:5]
+    objects = [dict(zip(FEATURES, r, strict=True)) for r in X.tolist()]
+    as_array = predict_cli(built_repo, stdin=json.dumps(objects, indent=1), check=True).stdout
+    assert as_array == predict_cli(built_repo, stdin=jsonl(objects), check=True).stdout
+    assert len(as_array.splitlines()) == 5
+    bad = predict_cli(built_repo, stdin=json.dumps([objects[0], {**objects[1], "AveRooms": "x"}]))
+    assert bad.returncode == 2
+    assert bad.stderr == 'error: row 2, column AveRooms: "x" is not a number\n'
+    for text, words in [
+        ("[]", "input is empty"),
+        ("[1, 2]", "row 1: expected a JSON object"),
+        ("[{", "not valid JSON"),
+    ]:
+        proc = predict_cli(built_repo, stdin=text)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
+def test_an_id_column_passes_through_in_every_format(built_repo):
+    X = read_table(built_repo / "data/sample.csv", FEATURES)[:3]
+    plain = predict_cli(built_repo, stdin=features_csv(X), check=True).stdout.split()
+    ids = ["a,1", "b", "7"]  # a comma, quoted in CSV both ways
+    header = "id," + ",".join(FEATURES)
+    with_ids = (
+        header
+        + "\n"
+        + "".join(
+            f'"{i}",' + ",".join(map(repr, row)) + "\n"
+            for i, row in zip(ids, X.tolist(), strict=True)
+        )
+    )
+    expected = "id,prediction\n" + "".join(
+        f'"{i}",{p}\n' if "," in i else f"{i},{p}\n" for i, p in zip(ids, plain, strict=True)
+    )
+    assert (
+        predict_cli(built_repo, "--id-column", "id", stdin=with_ids, check=True).stdout == expected
+    )
+    objects = [
+        {"id": i, **dict(zip(FEATURES, r, strict=True))}
+        for i, r in zip(ids, X.tolist(), strict=True)
+    ]
+    for text in (jsonl(objects), json.dumps(objects)):
+        got = predict_cli(built_repo, "--id-column", "id", stdin=text, check=True).stdout
+        assert got == expected
+    features = dict(zip(FEATURES, X[0].tolist(), strict=True))
+    numeric = predict_cli(built_repo, "--id-column", "n", stdin=jsonl([{"n": 12, **features}]))
+    assert numeric.stdout == f"n,prediction\n12,{plain[0]}\n"
+    missing = predict_cli(built_repo, "--id-column", "id", stdin=features_csv(X))
+    assert missing.returncode == 2 and "id column id is missing" in missing.stderr
+    nested = predict_cli(built_repo, "--id-column", "id", stdin=jsonl([{**objects[0], "id": [1]}]))
+    assert nested.returncode == 2 and "must be a string or a number" in nested.stderr
+
+
+def test_the_command_lists_its_subcommands_and_refuses_none(built_repo):
+    assert "predict" in sh([sys.executable, "-m", "cali_reg", "--help"], built_repo).stdout
+    proc = sh([sys.executable, "-m", "cali_reg"], built_repo, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: give a command: predict")

@@ -1,28 +1,30 @@
 """The sweep and the DVC plots drawn from its tables, run in a built copy of the project."""
 
-import json
+import csv
 
-import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cali_reg import sweep
-from cali_reg.data import read_table
 from cali_reg.model import DECODERS
 from cali_reg.quantize import SCHEMES
 from tests.conftest import dvc, read_json
 
-PLOT_IDS = {"predicted_vs_actual", "residuals_float", "residuals_quant", "tradeoff", "refinements"}
 
-
-def sweep_tables(repo) -> dict[str, np.ndarray]:
-    return {p.stem: read_table(p, sweep.COLUMNS) for p in (repo / "plots/sweep").glob("*.csv")}
+def sweep_table(repo) -> list[dict]:
+    with (repo / "plots/sweep.csv").open() as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_sweep_covers_every_scheme_margin_and_bit_width(built_repo):
-    tables = sweep_tables(built_repo)
+    rows = sweep_table(built_repo)
+    assert list(rows[0]) == list(sweep.COLUMNS)
     grid = sweep.variants()
-    assert set(tables) == set(grid)
+    assert [(r["variant"], int(r["bits"])) for r in rows] == [
+        (name, bits) for name in grid for bits in sweep.BITS
+    ]
     for scheme, spec in SCHEMES.items():
         settings = [v for v in grid.values() if v["scheme"] == scheme]
         if spec.uses_margin:
@@ -31,21 +33,39 @@ def test_sweep_covers_every_scheme_margin_and_bit_width(built_repo):
             assert {(v["rounding"], v["refit_intercept"]) for v in settings} == set(
                 sweep.REFINEMENTS
             )
-    for name, table in tables.items():
-        assert table[:, 0].tolist() == list(range(2, 17)), name
-        assert np.all(table[:, 1] > 0) and np.all(np.isfinite(table[:, 2:])), name
+    for row in rows:
+        settings = grid[row["variant"]]
         # payload = the stored arrays of the scheme's file layout, nothing else
-        layout = DECODERS[grid[name]["scheme"]].layout
-        expected = [
-            sum(dtype.itemsize * n for dtype, n in layout(8, bits).values())
-            for bits in range(2, 17)
-        ]
-        assert table[:, 1].tolist() == expected, name
+        layout = DECODERS[settings["scheme"]].layout(8, int(row["bits"]))
+        assert int(row["payload_bytes"]) == sum(d.itemsize * n for d, n in layout.values())
+        assert "," not in row["label"] and row["label"] == sweep.label(settings)
+    # one featured variant per scheme: the lines of the plot
+    featured = {r["variant"] for r in rows if r["featured"] == "1"}
+    assert sorted(grid[v]["scheme"] for v in featured) == sorted(SCHEMES)
+
+
+def test_the_pareto_front_is_the_featured_points_nothing_beats(built_repo):
+    rows = [r for r in sweep_table(built_repo) if r["featured"] == "1"]
+    points = [(int(r["payload_bytes"]), float(r["r2_loss"])) for r in rows]
+    for row, (payload, loss) in zip(rows, points, strict=True):
+        beaten = any(p <= payload and q <= loss and (p, q) != (payload, loss) for p, q in points)
+        assert (row["pareto"] == "1") == (not beaten), row
+    assert all(r["pareto"] == "0" for r in sweep_table(built_repo) if r["featured"] == "0")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 50)), min_size=1, max_size=40))
+def test_pareto_front_keeps_exactly_the_undominated_points(points):
+    payload, loss = zip(*points, strict=True)
+    front = sweep.pareto_front(payload, loss)
+    for (p, q), on in zip(points, front, strict=True):
+        dominated = any(a <= p and b <= q and (a < p or b < q) for a, b in points)
+        assert on == (not dominated)
 
 
 def test_sweep_scores_like_the_pipeline(built_repo):
     """A sweep row at the pipeline's params is exactly what evaluate measured."""
-    tables = sweep_tables(built_repo)
+    rows = sweep_table(built_repo)
     params = yaml.safe_load((built_repo / "params.yaml").read_text())["quantize"]
     name = next(
         n
@@ -56,11 +76,17 @@ def test_sweep_scores_like_the_pipeline(built_repo):
         and v["margin"] in (None, params["margin"])
     )
     q = read_json(built_repo / "metrics/quant.json")  # at the width quantize.margin chose
-    row = tables[name][q["bits"] - 2]
-    assert row.tolist() == [q["bits"], q["payload_bytes"], q["r2"], q["rmse"], q["mae"]]
+    row = next(r for r in rows if r["variant"] == name and int(r["bits"]) == q["bits"])
+    f = read_json(built_repo / "metrics/float.json")
+    assert [int(row["payload_bytes"]), float(row["r2"]), float(row["rmse"])] == [
+        q["payload_bytes"],
+        q["r2"],
+        q["rmse"],
+    ]
+    assert float(row["r2_loss"]) == pytest.approx(f["r2"] - q["r2"], abs=2e-6)
     # and the seed's scheme at 8 bits gives the seed's published figures
-    seed = tables["window-m0.05"][8 - 2]
-    assert seed[1] == 81 and seed[2] == pytest.approx(0.4854, abs=5e-5)
+    seed = next(r for r in rows if r["variant"] == "window-m0.05" and r["bits"] == "8")
+    assert seed["payload_bytes"] == "81" and float(seed["r2"]) == pytest.approx(0.4854, abs=5e-5)
 
 
 def test_sweep_reruns_alone_when_only_its_code_changes(repo):
@@ -69,41 +95,3 @@ def test_sweep_reruns_alone_when_only_its_code_changes(repo):
     out = dvc("repro", cwd=repo).stdout
     assert "Running stage 'sweep'" in out
     assert "Running stage 'quantize'" not in out and "Running stage 'evaluate'" not in out
-
-
-def test_dvc_plots_show_renders_every_plot(built_repo, tmp_path):
-    shown = json.loads(dvc("plots", "show", "--json", cwd=built_repo).stdout)
-    assert "errors" not in shown
-    plots = shown["data"]
-    assert set(plots) >= PLOT_IDS
-    for plot_id in PLOT_IDS:
-        spec = plots[plot_id][0]["content"]
-        assert spec["data"]["values"], plot_id
-    tradeoff = plots["tradeoff"][0]["content"]
-    drawn = {row["filename"] for row in tradeoff["data"]["values"]}
-    assert {
-        f"{name}.csv" for name in ("window-m0.05", "pow2-error_aware-refit", "pow2-optimal-refit")
-    } <= drawn
-    assert {f"affine-m{m:g}-error_aware-refit.csv" for m in sweep.MARGINS} <= drawn
-    assert tradeoff["encoding"]["x"]["field"] == "payload_bytes"
-    assert tradeoff["encoding"]["y"]["field"] == "r2"
-
-    out = tmp_path / "html"
-    dvc("plots", "show", "-o", str(out), cwd=built_repo)
-    page = (out / "index.html").read_text()
-    assert page.count("vegaEmbed(") >= len(PLOT_IDS)
-    assert "Accuracy against size" in page and "cdn.jsdelivr.net/npm/vega@" in page
-
-    offline = tmp_path / "offline"
-    dvc(
-        "plots",
-        "show",
-        "--html-template",
-        ".dvc/plots/offline.html",
-        "-o",
-        str(offline),
-        cwd=built_repo,
-    )
-    page = (offline / "index.html").read_text()
-    assert "cdn.jsdelivr" not in page and page.count("vegaEmbed(") >= len(PLOT_IDS)
-    assert '<script src="../.vega/node_modules/vega-embed/build/vega-embed.min.js">' in page

@@ -226,10 +226,10 @@ def expected_quant_metrics(repo: Path, **quantize_params) -> dict:
     from cali_reg.data import FEATURES, read_xy
     from cali_reg.evaluate import scores
     from cali_reg.model import load_model
-    from cali_reg.quantize import quantize
+    from cali_reg.quantize import quantize_within
 
     fmodel = load_model(repo / "models/float.json")
-    qmodel = quantize(
+    qmodel = quantize_within(
         fmodel.coef,
         fmodel.intercept,
         feature_names=FEATURES,
@@ -256,7 +256,17 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
     base = yaml.safe_load((repo / "params.yaml").read_text())["quantize"]
     names = {}
     for bits in (4, 6):
-        out = dvc("exp", "run", "--queue", "-S", f"quantize.bits={bits}", cwd=repo).stdout
+        # margin 0: exactly these bits (a margin would pick the same width for both)
+        out = dvc(
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            f"quantize.bits={bits}",
+            "-S",
+            "quantize.margin=0",
+            cwd=repo,
+        ).stdout
         names[bits] = out.split("Queued experiment '")[1].split("'")[0]
     try:
         # The workers DVC starts outlive this command and inherit its stdout and
@@ -291,7 +301,9 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
 
     found = experiments(repo)
     float_metrics = read_json(repo / "metrics/float.json")
-    expected = {bits: expected_quant_metrics(repo, **(base | {"bits": bits})) for bits in names}
+    expected = {
+        bits: expected_quant_metrics(repo, **(base | {"bits": bits, "margin": 0})) for bits in names
+    }
     assert expected[4] != expected[6]  # so that swapped results would show
     for bits, name in names.items():
         data = found[name]

@@ -209,7 +209,7 @@ def round_codes(grid: Grid, coef, rounding="nearest", calibration=None, intercep
         return start
     bound = float(_costs(start * grid.step - coef, gram, cross)[0])
     found = closest_codes(grid, coef, gram, cross, bound)
-    return start if found is None else found  # None only past MAX_NODES
+    return start if found is None else found  # None: past MAX_NODES, or a singular gram
 
 
 def _nearest(grid: Grid, coef: np.ndarray) -> np.ndarray:
@@ -250,18 +250,25 @@ def closest_codes(grid: Grid, coef, gram, cross, bound: float) -> np.ndarray | N
     """The codes on ``grid`` with the lowest cost d'(gram)d - 2d'(cross), d = codes*step - coef.
 
     An exact search (sphere decoding with Schnorr-Euchner enumeration) over the
-    codes whose cost is at most ``bound``; None if there are none. Codes whose
-    costs differ by less than ``TIE`` are ties, and the lexicographically
-    smallest wins, so near-ties cannot flip between machines.
+    codes whose cost is at most ``bound``; None if there are none, or if the
+    features are collinear on the calibration data (a singular ``gram``: no unique
+    best codes to search for). Codes whose costs differ by less than ``TIE`` are
+    ties, and the lexicographically smallest wins, so near-ties cannot flip
+    between machines.
     """
     coef = np.asarray(coef, dtype=np.float64)
     n, step = len(coef), grid.step
     h = gram * np.outer(step, step)  # the cost in code units: (q - centre)'h(q - centre) - k
     g = step * cross
-    centre = coef / step + np.linalg.solve(h, g)
+    try:
+        centre = coef / step + np.linalg.solve(h, g)
+        order = _search_order(h)
+        r = np.linalg.cholesky(h[np.ix_(order, order)]).T  # upper triangular, h = r'r
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(centre)) and np.all(np.diag(r) > 0)):
+        return None
     offset = float(g @ (centre - coef / step))  # metric = cost + offset
-    order = _search_order(h)
-    r = np.linalg.cholesky(h[np.ix_(order, order)]).T  # upper triangular, h = r'r
     diag2 = (np.diag(r) ** 2).tolist()
     coupling = (r / np.diag(r)[:, None]).tolist()
     c0 = centre[order].tolist()

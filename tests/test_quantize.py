@@ -609,3 +609,13 @@ def test_quantize_within_refuses_bad_arguments():
         qz.quantize_within(coef, intercept, bits=8, margin=-0.01, **kw)
     with pytest.raises(ValueError, match="need calibration"):
         qz.quantize_within(coef, intercept, bits=8, margin=0.01, **kw)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_optimal_rounding_on_collinear_features_falls_back_to_error_aware(refit):
+    X, y, coef = regression_data(2, 4)
+    X[:, 3] = X[:, 3].mean() if refit else 2 * X[:, 1]  # constant, or a copy: a singular gram
+    kw = {"rounding": "optimal", "refit_intercept": refit, "calibration": (X, y)}
+    m = quantized(coef, "pow2", 4, None, **kw)
+    aware = quantized(coef, "pow2", 4, None, **(kw | {"rounding": "error_aware"}))
+    assert training_cost(m, X, y) <= training_cost(aware, X, y) * (1 + 1e-9)

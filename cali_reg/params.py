@@ -46,6 +46,10 @@ def number_above(lo: float) -> Rule:
     return Rule(lambda v: _is_number(v) and v > lo, f"a number greater than {lo:g}")
 
 
+def number_at_least(lo: float) -> Rule:
+    return Rule(lambda v: _is_number(v) and v >= lo, f"a number of at least {lo:g}")
+
+
 def one_of(*choices: str) -> Rule:
     return Rule(lambda v: isinstance(v, str) and v in choices, "one of " + ", ".join(choices))
 

@@ -17,7 +17,7 @@ from cali_reg.quantize import SCHEMES, quantize
 BITS = range(2, 17)
 MARGINS = (0.01, 0.05, 0.2)
 # (rounding, refit_intercept) for the schemes that honour them
-REFINEMENTS = (("error_aware", True), ("nearest", True), ("nearest", False))
+REFINEMENTS = (("optimal", True), ("error_aware", True), ("nearest", True), ("nearest", False))
 COLUMNS = (
     "variant",
     "label",
@@ -34,10 +34,14 @@ COLUMNS = (
 # best settings (the seed's window at the seed's margin), so the plot compares schemes.
 FEATURED = {
     "window": {"margin": 0.05},
-    "affine": {"margin": 0.01, "rounding": "error_aware", "refit_intercept": True},
-    "pow2": {"rounding": "error_aware", "refit_intercept": True},
+    "affine": {"margin": 0.01, "rounding": "optimal", "refit_intercept": True},
+    "pow2": {"rounding": "optimal", "refit_intercept": True},
 }
-ROUNDING_WORDS = {"nearest": "nearest rounding", "error_aware": "error-aware rounding"}
+ROUNDING_WORDS = {
+    "nearest": "nearest rounding",
+    "error_aware": "error-aware rounding",
+    "optimal": "optimal codes",
+}
 
 
 def variants() -> dict[str, dict]:

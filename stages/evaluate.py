@@ -39,10 +39,12 @@ def main() -> None:
         )
     float_pred, quant_pred = fmodel.predict(X), qmodel.predict(X)
     float_m = scores(y, float_pred) | {
+        "bits": fmodel.bits,
         "payload_bytes": fmodel.payload_bytes,
         "file_bytes": os.path.getsize(ESTIMATOR),
     }
     quant_m = scores(y, quant_pred) | {
+        "bits": qmodel.bits,  # under pow2 chosen by quantize.margin
         "payload_bytes": qmodel.payload_bytes,
         "file_bytes": os.path.getsize(QUANT),
     }

@@ -130,9 +130,12 @@ def edit_json(path: Path, edit) -> None:
 
 
 def code_out_of_range(doc) -> None:
-    # pow2 codes are symmetric two's complement: 8 bits hold -127..127, never -128 (0x80)
-    assert (doc["scheme"], doc["bits"]) == ("pow2", 8), "written for the default pow2 8-bit model"
-    doc["arrays"]["codes"]["values"][0] = 0x80
+    # pow2 codes are symmetric two's complement: b bits hold -(2**(b-1) - 1) and up, never
+    # -2**(b-1) (a sign bit then zeros), here written into the first packed code
+    bits = doc["bits"]
+    assert doc["scheme"] == "pow2" and bits <= 8, "written for the default pow2 model"
+    codes = doc["arrays"]["codes"]["values"]
+    codes[0] = (codes[0] & (0xFF >> bits)) | 0x80
 
 
 TAMPERED_MODELS = {
@@ -147,7 +150,7 @@ TAMPERED_MODELS = {
     ),
     "code out of range": (
         lambda p: edit_json(p, code_out_of_range),
-        "a code is outside the symmetric 8-bit range",
+        "a code is outside the symmetric",
     ),
     "negative code": (
         lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].__setitem__(0, -1)),
@@ -223,10 +226,10 @@ def expected_quant_metrics(repo: Path, **quantize_params) -> dict:
     from cali_reg.data import FEATURES, read_xy
     from cali_reg.evaluate import scores
     from cali_reg.model import load_model
-    from cali_reg.quantize import quantize
+    from cali_reg.quantize import quantize_within
 
     fmodel = load_model(repo / "models/float.json")
-    qmodel = quantize(
+    qmodel = quantize_within(
         fmodel.coef,
         fmodel.intercept,
         feature_names=FEATURES,
@@ -253,7 +256,17 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
     base = yaml.safe_load((repo / "params.yaml").read_text())["quantize"]
     names = {}
     for bits in (4, 6):
-        out = dvc("exp", "run", "--queue", "-S", f"quantize.bits={bits}", cwd=repo).stdout
+        # margin 0: exactly these bits (a margin would pick the same width for both)
+        out = dvc(
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            f"quantize.bits={bits}",
+            "-S",
+            "quantize.margin=0",
+            cwd=repo,
+        ).stdout
         names[bits] = out.split("Queued experiment '")[1].split("'")[0]
     try:
         # The workers DVC starts outlive this command and inherit its stdout and
@@ -288,7 +301,9 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
 
     found = experiments(repo)
     float_metrics = read_json(repo / "metrics/float.json")
-    expected = {bits: expected_quant_metrics(repo, **(base | {"bits": bits})) for bits in names}
+    expected = {
+        bits: expected_quant_metrics(repo, **(base | {"bits": bits, "margin": 0})) for bits in names
+    }
     assert expected[4] != expected[6]  # so that swapped results would show
     for bits, name in names.items():
         data = found[name]

@@ -42,12 +42,12 @@ def test_good_params_pass():
         ("quantize", QUANTIZE_RULES, "bits", 1, "an integer from 2 to 16"),
         ("quantize", QUANTIZE_RULES, "bits", 17, "an integer from 2 to 16"),
         ("quantize", QUANTIZE_RULES, "bits", True, "an integer from 2 to 16"),
-        ("quantize", QUANTIZE_RULES, "margin", 0, "a number greater than 0"),
-        ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number greater than 0"),
+        ("quantize", QUANTIZE_RULES, "margin", -0.1, "a number of at least 0"),
+        ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number of at least 0"),
         ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window, affine, pow2"),
         ("quantize", QUANTIZE_RULES, "refit_intercept", "yes", "true or false"),
         ("quantize", QUANTIZE_RULES, "refit_intercept", 1, "true or false"),
-        ("quantize", QUANTIZE_RULES, "rounding", "floor", "one of nearest, error_aware"),
+        ("quantize", QUANTIZE_RULES, "rounding", "floor", "one of nearest, error_aware, optimal"),
     ],
 )
 def test_bad_values_name_key_and_allowed(section, rules, key, value, allowed):

@@ -466,3 +466,156 @@ def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
     ).stdout.splitlines()
     np.testing.assert_array_equal(json.loads(out[0]), m.predict(np.eye(len(NAMES))))
     assert out[1] == "[]"
+
+
+# --- optimal rounding: exact codes, pow2 exponent descent, the margin criterion ---------
+
+
+def training_cost(m, X, y):
+    """Training MSE of a quantised model with its stored (float32) intercept."""
+    return float(np.mean((y - m.predict(X)) ** 2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 8),
+    scheme=st.sampled_from(SOUND),
+    bits=st.integers(2, 10),
+    refit=st.booleans(),
+)
+def test_optimal_rounding_never_fits_worse_than_error_aware(seed, n, scheme, bits, refit):
+    X, y, coef = regression_data(seed, n)
+    kw = {"refit_intercept": refit, "calibration": (X, y)}
+    aware = quantized(coef, scheme, bits, 0.01, rounding="error_aware", **kw)
+    best = quantized(coef, scheme, bits, 0.01, rounding="optimal", **kw)
+    slack = 1e-9 * training_cost(aware, X, y) + 1e-12  # the float32 intercept's rounding
+    assert training_cost(best, X, y) <= training_cost(aware, X, y) + slack
+    codes = signed_codes(best)
+    if scheme == "pow2":
+        assert np.abs(codes).max() <= 2 ** (bits - 1) - 1
+    np.testing.assert_array_equal(best.coef, codes * steps(best))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 4),
+    bits=st.integers(2, 3),
+    refit=st.booleans(),
+    wide=st.booleans(),
+)
+def test_closest_codes_equal_a_brute_force_search_over_the_whole_grid(seed, n, bits, refit, wide):
+    X, y, coef = regression_data(seed, n)
+    # a grid one exponent too fine on some coefficients clips their codes: the hard case
+    grid = qz.pow2_grid(coef, bits)
+    if wide:
+        e = grid.stored["exponents"].astype(int) - np.random.default_rng(seed).integers(0, 2, n)
+        grid = qz._pow2_grid_of(e, bits)
+    intercept = None if refit else 1.5
+    codes = qz.round_codes(grid, coef, "optimal", (X, y), intercept)
+    qmax = 2 ** (bits - 1) - 1
+    every = np.array(list(itertools.product(range(-qmax, qmax + 1), repeat=n)))
+    costs = qz.rounding_cost(every * grid.step - coef, coef, X, y, intercept)
+    mine = qz.rounding_cost((codes * grid.step - coef)[None], coef, X, y, intercept)[0]
+    assert mine <= costs.min() + 1e-9 * abs(costs.min()) + 1e-15
+    assert np.all(np.abs(codes) <= qmax)
+
+
+def test_exponent_descent_never_fits_worse_than_the_fixed_grid_and_often_much_better():
+    gains = []
+    for seed in range(10):
+        X, y, coef = regression_data(seed, 8, rows=200)
+        fixed = qz.pow2_grid(coef, 3)
+        codes = qz.round_codes(fixed, coef, "optimal", (X, y))
+        before = qz.rounding_cost((codes * fixed.step - coef)[None], coef, X, y)[0]
+        grid, codes = qz.pow2_optimal(coef, 3, (X, y))
+        after = qz.rounding_cost((codes * grid.step - coef)[None], coef, X, y)[0]
+        assert after <= before
+        gains.append(after < 0.8 * before)
+        m = quantized(
+            coef, "pow2", 3, None, rounding="optimal", refit_intercept=True, calibration=(X, y)
+        )
+        np.testing.assert_array_equal(m.arrays["exponents"], grid.stored["exponents"])
+        np.testing.assert_array_equal(m.coef, codes * grid.step)
+    assert sum(gains) >= 5
+
+
+def test_optimal_rounding_does_not_hinge_on_the_last_bits_of_the_data():
+    """Rows in another order move the Gram matrix's last bits; the model stays the same."""
+    X, y, coef = regression_data(11, 8, rows=500)
+    order = np.random.default_rng(0).permutation(len(y))
+    for bits in (2, 3, 4, 8):
+        kw = {"rounding": "optimal", "refit_intercept": True}
+        a = quantized(coef, "pow2", bits, None, calibration=(X, y), **kw)
+        b = quantized(coef, "pow2", bits, None, calibration=(X[order], y[order]), **kw)
+        assert mdl.dumps(a) == mdl.dumps(b)
+        assert mdl.dumps(a) == mdl.dumps(
+            quantized(coef, "pow2", bits, None, calibration=(X, y), **kw)
+        )
+
+
+def test_training_loss_is_the_drop_in_training_r2():
+    X, y, coef = regression_data(4, 6)
+    m = quantized(
+        coef, "pow2", 3, None, rounding="optimal", refit_intercept=True, calibration=(X, y)
+    )
+
+    def r2(pred):
+        return 1 - np.mean((y - pred) ** 2) / np.var(y)
+
+    expected = r2(X @ coef + 1.5) - r2(m.predict(X))
+    assert qz.training_loss(m, coef, 1.5, X, y) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("margin", [0.0, 1e-6, 1e-4, 1e-3, 1e-2, 0.1, 10.0])
+def test_the_margin_picks_the_fewest_bits_whose_training_loss_is_within_it(margin):
+    X, y, coef = regression_data(9, 8, rows=300)
+    kw = {
+        "scheme": "pow2",
+        "feature_names": names(8),
+        "rounding": "optimal",
+        "refit_intercept": True,
+        "calibration": (X, y),
+    }
+    m = qz.quantize_within(coef, 1.5, bits=12, margin=margin, **kw)
+    losses = {
+        b: qz.training_loss(qz.quantize(coef, 1.5, bits=b, **kw), coef, 1.5, X, y)
+        for b in range(2, 13)
+    }
+    within = [b for b, loss in losses.items() if loss <= margin]
+    expected = 12 if margin == 0 or not within else min(within)
+    assert m.bits == expected
+    assert mdl.dumps(m) == mdl.dumps(qz.quantize(coef, 1.5, bits=expected, **kw))
+    if margin == 10.0:
+        assert m.bits == 2
+
+
+def test_the_margin_keeps_its_grid_meaning_for_window_and_affine():
+    coef, intercept = random_model(6)
+    for scheme in ("window", "affine"):
+        kw = {"scheme": scheme, "bits": 6, "margin": 0.05, "feature_names": NAMES}
+        assert mdl.dumps(qz.quantize_within(coef, intercept, **kw)) == mdl.dumps(
+            qz.quantize(coef, intercept, **kw)
+        )
+
+
+def test_quantize_within_refuses_bad_arguments():
+    coef, intercept = random_model(6)
+    kw = {"scheme": "pow2", "feature_names": NAMES, "rounding": "optimal"}
+    with pytest.raises(ValueError, match="bits must be an integer from 2 to 16"):
+        qz.quantize_within(coef, intercept, bits=17, margin=0.01, **kw)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        qz.quantize_within(coef, intercept, bits=8, margin=-0.01, **kw)
+    with pytest.raises(ValueError, match="need calibration"):
+        qz.quantize_within(coef, intercept, bits=8, margin=0.01, **kw)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_optimal_rounding_on_collinear_features_falls_back_to_error_aware(refit):
+    X, y, coef = regression_data(2, 4)
+    X[:, 3] = X[:, 3].mean() if refit else 2 * X[:, 1]  # constant, or a copy: a singular gram
+    kw = {"rounding": "optimal", "refit_intercept": refit, "calibration": (X, y)}
+    m = quantized(coef, "pow2", 4, None, **kw)
+    aware = quantized(coef, "pow2", 4, None, **(kw | {"rounding": "error_aware"}))
+    assert training_cost(m, X, y) <= training_cost(aware, X, y) * (1 + 1e-9)

@@ -35,8 +35,17 @@ VARIANTS = {
     },
     "window-m0.05": {"scheme": "window", "margin": 0.05},
 }
+# The variants in words, for the plot's legend (no commas: the table is plain CSV).
+LABELS = {
+    "pow2-optimal-refit": "pow2; optimal codes; intercept re-fit (the default)",
+    "pow2-error_aware-refit": "pow2; error-aware rounding; intercept re-fit",
+    "pow2-nearest-refit": "pow2; nearest rounding; intercept re-fit",
+    "affine-m0.05-optimal-refit": "affine; margin 0.05; optimal codes; intercept re-fit",
+    "window-m0.05": "window (the seed's); margin 0.05",
+}
 COLUMNS = (
     "variant",
+    "label",
     "bits",
     "payload_bytes",
     "test_delta_r2_mean",
@@ -94,6 +103,7 @@ def robustness(table: np.ndarray, splits: int, test_size: float) -> list[list]:
             rows.append(
                 [
                     name,
+                    LABELS[name],
                     bits,
                     payload,
                     *(_fixed(v) for v in (np.mean(test), min(test), np.mean(train), min(train))),

@@ -8,7 +8,7 @@ import pytest
 from cali_reg import plots
 from tests.conftest import dvc, sh
 
-DVC_PLOTS = {"tradeoff", "quant_vs_float", "predicted_vs_actual"}
+DVC_PLOTS = {"tradeoff", "robustness", "quant_vs_float", "predicted_vs_actual"}
 
 
 def shown(repo) -> dict:

@@ -27,13 +27,15 @@ def read_rows(path):
 
 
 def by_variant(rows):
-    return {(r[0], int(r[1])): [float(v) for v in r[2:]] for r in rows}
+    return {(r[0], int(r[2])): [float(v) for v in r[3:]] for r in rows}
 
 
 def test_one_row_per_variant_and_width_in_a_fixed_order_with_six_decimals():
     rows = rb.robustness(synthetic_table(), splits=3, test_size=0.2)
-    assert [(r[0], r[1]) for r in rows] == [(v, b) for v in rb.VARIANTS for b in rb.BITS]
-    for name, bits, payload, *deltas in rows:
+    assert [(r[0], r[2]) for r in rows] == [(v, b) for v in rb.VARIANTS for b in rb.BITS]
+    assert rb.LABELS.keys() == rb.VARIANTS.keys()
+    for name, label, bits, payload, *deltas in rows:
+        assert label == rb.LABELS[name] and "," not in label
         layout = DECODERS[rb.VARIANTS[name]["scheme"]].layout(len(FEATURES), bits)
         assert payload == sum(dtype.itemsize * n for dtype, n in layout.values())
         assert all(len(d.split(".")[1]) == rb.DECIMALS and d != "-0.000000" for d in deltas)
@@ -45,12 +47,12 @@ def test_one_row_per_variant_and_width_in_a_fixed_order_with_six_decimals():
 def test_deltas_are_those_of_each_split_averaged():
     table = synthetic_table(seed=1)
     per_split = [rb.split_deltas(table, 0.25, seed) for seed in range(2)]
-    rows = {(r[0], r[1]): r for r in rb.robustness(table, splits=2, test_size=0.25)}
+    rows = {(r[0], r[2]): r for r in rb.robustness(table, splits=2, test_size=0.25)}
     for key in [("pow2-optimal-refit", 3), ("window-m0.05", 8)]:
         test = [s[key][1] for s in per_split]
         train = [s[key][2] for s in per_split]
         expected = [np.mean(test), min(test), np.mean(train), min(train)]
-        np.testing.assert_allclose([float(v) for v in rows[key][3:]], expected, atol=5e-7)
+        np.testing.assert_allclose([float(v) for v in rows[key][4:]], expected, atol=5e-7)
     # the codes are chosen on the training rows: at 16 bits nothing is lost there
     assert abs(per_split[0]["pow2-optimal-refit", 16][2]) < 1e-6
 

@@ -439,6 +439,16 @@ def checked_predict(predict, X: np.ndarray, first_row: int = 1) -> np.ndarray:
 # --- the command ---------------------------------------------------------------------
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model``, as the predict and serve commands both take it (see ``model_path``)."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="model file (quantised or float JSON); 'quant' or 'float' mean models/quant.json "
+        "or models/float.json of the project (default: quant)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input",
@@ -447,12 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="CSV, JSON-lines or JSON-array file; '-' or absent reads stdin",
     )
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="model file (quantised or float JSON); 'quant' or 'float' mean models/quant.json "
-        "or models/float.json of the project (default: quant)",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "--format",
         choices=FORMATS,

@@ -46,12 +46,14 @@ from cali_reg.errors import UserError
 from cali_reg.model import load_model
 from cali_reg.predict import (
     EXPECTED,
+    add_model_argument,
     checked_predict,
     csv_chunks,
     json_id,
     json_number,
     model_path,
     object_row,
+    positive_int,
 )
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -448,15 +450,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default: $CALI_REG_HOST, else 127.0.0.1; the image sets 0.0.0.0)",
     )
     parser.add_argument("--port", type=_port, default=8080, help="port (default: 8080)")
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="model file (quantised or float JSON); 'quant' or 'float' mean models/quant.json "
-        "or models/float.json of the project (default: quant)",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=_usable_cpus(),
         help="worker processes (default: one per CPU this process may use)",
     )
@@ -467,7 +464,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-body-bytes",
-        type=_positive,
+        type=positive_int,
         default=MAX_BODY_BYTES,
         metavar="N",
         help=f"refuse larger request bodies with 413 (default: {MAX_BODY_BYTES})",
@@ -488,12 +485,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
 
 
 def _port(text: str) -> int:

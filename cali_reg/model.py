@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -69,8 +69,7 @@ def _check_rows(X, feature_names) -> np.ndarray:
 # --- the float model -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FloatModel:
+class FloatModel(NamedTuple):
     """The fitted float64 weights, as the train stage saves them beside the estimator."""
 
     feature_names: tuple[str, ...]
@@ -198,8 +197,7 @@ def _pow2_layout(n: int, bits: int) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class Decoder:
+class Decoder(NamedTuple):
     """How a scheme's stored arrays become float weights, and which arrays it stores."""
 
     decode: Callable[[dict, int, int], tuple[np.ndarray, float]]
@@ -216,23 +214,33 @@ DECODERS = {
 # --- the quantised model ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class QuantizedModel:
-    """A scheme's stored arrays, checked against its layout and decoded once."""
+    """A scheme's stored arrays, checked against its layout and decoded once.
 
-    scheme: str
-    bits: int
-    feature_names: tuple[str, ...]
-    arrays: dict = field(repr=False)
+    A plain class, not a dataclass: importing dataclasses and building one cost the
+    predictor and every stage a few milliseconds of start-up.
+    """
 
-    def __post_init__(self):
-        _check_quantized(self)
-        coef, intercept = DECODERS[self.scheme].decode(
-            self.arrays, self.bits, len(self.feature_names)
+    __slots__ = ("arrays", "bits", "coef", "feature_names", "intercept", "scheme")
+
+    def __init__(self, scheme: str, bits: int, feature_names: tuple[str, ...], arrays: dict):
+        self.scheme, self.bits, self.feature_names, self.arrays = (
+            scheme,
+            bits,
+            feature_names,
+            arrays,
         )
+        _check_quantized(self)
+        coef, intercept = DECODERS[scheme].decode(arrays, bits, len(feature_names))
         # Inference runs in float64 on the decoded weights: no per-call decoding.
-        object.__setattr__(self, "coef", np.asarray(coef, dtype=np.float64))
-        object.__setattr__(self, "intercept", float(intercept))
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.intercept = float(intercept)
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedModel(scheme={self.scheme!r}, bits={self.bits}, "
+            f"feature_names={self.feature_names!r})"
+        )
 
     @property
     def payload_bytes(self) -> int:

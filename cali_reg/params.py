@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cali_reg.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One param: a type and range check, and the words that say what it allows."""
 
     check: Callable[[object], bool]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,8 +73,7 @@ def quantize_window(coef, intercept, bits: int, margin: float) -> dict:
 # --- the sound schemes: coefficients on an integer grid ----------------------------
 
 
-@dataclass(frozen=True)
-class Grid:
+class Grid(NamedTuple):
     """Where each coefficient may go: ``code * step`` with an integer code in [lo, hi]."""
 
     step: np.ndarray  # float64, one per coefficient
@@ -355,8 +354,7 @@ def refit_intercept(weights, X, y) -> float:
     return float(np.mean(np.asarray(y, dtype=np.float64) - X @ weights))
 
 
-@dataclass(frozen=True)
-class Scheme:
+class Scheme(NamedTuple):
     """How a scheme chooses its stored arrays, and which params it honours."""
 
     # (coef, intercept, bits, margin, rounding, refit, calibration) -> stored arrays

@@ -41,10 +41,6 @@ def number_open(lo: float, hi: float) -> Rule:
     )
 
 
-def number_above(lo: float) -> Rule:
-    return Rule(lambda v: _is_number(v) and v > lo, f"a number greater than {lo:g}")
-
-
 def number_at_least(lo: float) -> Rule:
     return Rule(lambda v: _is_number(v) and v >= lo, f"a number of at least {lo:g}")
 

@@ -60,8 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=OUT, help=f"folder for the images (default: {OUT})"
     )
     parser.add_argument(
-        "--scale", type=float, default=2.0, help="pixels per CSS pixel (default: 2)"
+        "--scale", type=_scale, default=2.0, help="pixels per CSS pixel, 0.5 to 8 (default: 2)"
     )
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.5 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scale from 0.5 to 8")
+    return value
 
 
 def main(args: argparse.Namespace) -> None:
@@ -71,5 +81,8 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             "rendering needs vl-convert-python: pip install -r requirements-dev.txt"
         ) from None
-    for path in render_all(".", args.out, args.scale):
-        print(path)
+    try:
+        for path in render_all(".", args.out, args.scale):
+            print(path)
+    except OSError as err:
+        raise UserError(f"cannot write the images to {args.out} ({err.strerror})") from None

@@ -81,3 +81,13 @@ def test_dvc_draws_the_page_online_and_with_the_offline_template(built_repo, tmp
     page = (offline / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and page.count("vegaEmbed(") >= len(DVC_PLOTS)
     assert '<script src="../.vega/node_modules/vega-embed/build/vega-embed.min.js">' in page
+
+
+def test_bad_options_and_an_unwritable_folder_are_one_line(built_repo, tmp_path):
+    for args, words in [
+        (["--scale", "-1"], "not a scale from 0.5 to 8"),
+        (["--out", "/proc/no-such-dir"], "cannot write the images"),
+    ]:
+        proc = sh(["cali-reg", "plots", *args], built_repo, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert words in proc.stderr and "Traceback" not in proc.stderr

@@ -80,17 +80,34 @@ def validate_section(params: object, section: str, rules: dict[str, Rule]) -> di
     return dict(values)
 
 
-def load_params(section: str, rules: dict[str, Rule], path: Path | str = PARAMS_FILE) -> dict:
-    """Read ``path`` and return one validated section of it."""
+def _read(path: Path) -> object:
     import yaml  # only the stages need it, not the predictor
 
-    path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} not found: run from the project root") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         raise UserError(f"{path} is not valid YAML{at}: fix its syntax") from None
-    return validate_section(params, section, rules)
+
+
+def load_params(section: str, rules: dict[str, Rule], path: Path | str = PARAMS_FILE) -> dict:
+    """Read ``path`` and return one validated section of it."""
+    path = Path(path)
+    return validate_section(_read(path), section, rules)
+
+
+def read_params(section: str, path: Path | str = PARAMS_FILE) -> dict:
+    """One section of ``path`` as it stands, for a stage that reports another stage's params.
+
+    Not checked here: the stage that owns the section checks it, and a reporting stage
+    depends on that stage's outputs, so DVC runs the owner first and stops if it fails.
+    """
+    path = Path(path)
+    params = _read(path)
+    values = params.get(section) if isinstance(params, dict) else None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: section '{section}' is missing; restore it from git")
+    return dict(values)

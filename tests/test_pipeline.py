@@ -130,15 +130,15 @@ def test_margin_0_keeps_the_bits_and_meets_the_8_bit_target(repo):
 
 def test_default_scheme_meets_the_4_bit_target(repo):
     out = dvc("exp", "run", "-S", "quantize.bits=4", "-S", "quantize.margin=0", cwd=repo).stdout
-    # evaluate is skipped if the default margin already chose this very model
-    assert "quantize" in stages_run(out) <= {"quantize", "evaluate"}
+    # evaluate and card are skipped if the default margin already chose this very model
+    assert "quantize" in stages_run(out) <= {"quantize", "evaluate", "card"}
     check_target(repo, 4)
 
 
 def test_a_larger_margin_gives_a_smaller_model_and_metrics_diff_shows_it(repo):
     before = read_json(repo / "metrics/quant.json")
     out = dvc("exp", "run", "-S", "quantize.margin=0.01", cwd=repo).stdout
-    assert stages_run(out) == {"quantize", "evaluate"}
+    assert stages_run(out) == {"quantize", "evaluate", "card"}
     after = read_json(repo / "metrics/quant.json")
     assert after["bits"] < before["bits"] and after["payload_bytes"] < before["payload_bytes"]
     assert after["r2"] != before["r2"]
@@ -155,13 +155,13 @@ def test_margin_0_is_refused_by_the_schemes_whose_grid_it_sizes(repo):
     assert proc.stderr.count("\n") == 1 and "quantize.margin = 0" in proc.stderr
 
 
-def test_experiment_reruns_only_quantize_and_evaluate(repo):
+def test_experiment_reruns_only_quantize_evaluate_and_card(repo):
     float_before = (repo / "metrics/float.json").read_text()
     quant_before = read_json(repo / "metrics/quant.json")
     out = dvc(
         "exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.margin=0.01", cwd=repo
     ).stdout
-    assert stages_run(out) == {"quantize", "evaluate"}
+    assert stages_run(out) == {"quantize", "evaluate", "card"}
     assert (repo / "metrics/float.json").read_text() == float_before
     quant_after = read_json(repo / "metrics/quant.json")
     assert quant_after["r2"] != quant_before["r2"]

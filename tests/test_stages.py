@@ -58,14 +58,15 @@ def test_stages_holds_only_the_stages():
 
 
 def test_no_stage_declares_a_param_it_does_not_read():
-    """A stage's params are the sections it validates with load_params, and no others."""
+    """A stage's params are the sections it reads: those it validates with load_params, and
+    those it quotes with read_params (the card), and no others."""
     for name, stage in STAGES.items():
         source = (ROOT / "stages" / f"{name}.py").read_text()
         read = set()
         for node in ast.walk(ast.parse(source)):
             if (
                 isinstance(node, ast.Call)
-                and getattr(node.func, "id", "") == "load_params"
+                and getattr(node.func, "id", "") in ("load_params", "read_params")
                 and isinstance(node.args[0], ast.Constant)
             ):
                 read.add(node.args[0].value)

@@ -78,7 +78,7 @@ def test_gto_is_pinned_at_the_version_dvc_installs():
 
 @pytest.fixture(scope="module")
 def released(built_repo, tmp_path_factory):
-    """A repo with v1.0.0 registered and pushed, then a 3-bit model committed on top.
+    """A repo with v1.0.0 registered, in stage prod and pushed, then a 3-bit model on top.
 
     Returns (repo, remote, the v1.0.0 model file's bytes).
     """
@@ -89,12 +89,30 @@ def released(built_repo, tmp_path_factory):
     dvc("push", cwd=repo)
     v1 = (repo / "models/quant.json").read_bytes()
     gto("register", "quant-model", "--version", "v1.0.0", cwd=repo)
+    gto("assign", "quant-model", "--version", "v1.0.0", "--stage", "prod", cwd=repo)
     # HEAD moves on: another model, so a build from the workspace would be caught
     dvc("exp", "run", "-S", "quantize.margin=0.01", cwd=repo)
     sh(["git", "commit", "-qam", "3 bits"], repo)
     dvc("push", cwd=repo)
     assert (repo / "models/quant.json").read_bytes() != v1
     return repo, remote, v1
+
+
+@pytest.mark.slow  # the fixture pushes, tags, runs an experiment: about 30 s
+def test_a_consumer_gets_the_version_or_the_stage_and_its_card_without_a_clone(released, tmp_path):
+    repo, remote, v1 = released
+    remote_config = ["--remote-config", f"url={remote}"]
+    for selector in (["--rev", "v1.0.0"], ["--stage", "prod"]):
+        out = tmp_path / "-".join(selector).strip("-")
+        out.mkdir()
+        dvc("artifacts", "get", str(repo), "quant-model", *selector, *remote_config, cwd=out)
+        assert [p.name for p in out.iterdir()] == ["quant.json"]
+        assert (out / "quant.json").read_bytes() == v1  # not HEAD's 3-bit model
+    for rev in (VERSION_TAG, "quant-model#prod#1"):
+        out = tmp_path / rev.replace("#", "-")
+        out.mkdir()
+        dvc("get", str(repo), "models/card.md", "--rev", rev, *remote_config, cwd=out)
+        assert hashlib.sha256(v1).hexdigest() in (out / "card.md").read_text()
 
 
 def checkout_of_tag(released, dest: Path) -> Path:

@@ -36,6 +36,7 @@ def sha256(path: Path) -> str:
 # --- GTO --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a dozen gto commands, a second or more each
 def test_gto_registers_versions_and_assigns_stages_as_the_docs_say(tmp_path):
     repo = copy_project(tmp_path)
     gto("register", "quant-model", "--version", "v1.0.0", "-m", "first", cwd=repo)
@@ -64,6 +65,48 @@ def test_gto_registers_versions_and_assigns_stages_as_the_docs_say(tmp_path):
     assert (ref["event"], ref["version"], ref["stage"]) == ("assignment", "v1.1.0", "prod")
     ref = json.loads(gto("check-ref", "quant-model@v1.1.0", "--json", cwd=repo).stdout)
     assert (ref["event"], ref["version"]) == ("registration", "v1.1.0")
+
+
+def resolve_step(repo: Path, tag: str, tmp_path: Path) -> tuple[int, dict, str]:
+    """The release workflow's `gto check-ref` step, run as GitHub would: exit code, outputs."""
+    step = next(s for s in WORKFLOW["jobs"]["resolve"]["steps"] if s.get("id") == "ref")
+    outputs = tmp_path / f"output-{uuid.uuid4().hex}"
+    env = project_env() | {
+        "TAG": tag,
+        "GITHUB_OUTPUT": str(outputs),
+        "GITHUB_REPOSITORY": "Some-Org/Cali-Reg",
+    }
+    proc = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=repo, env=env, capture_output=True, text=True
+    )
+    lines = outputs.read_text().splitlines() if outputs.exists() else []
+    return proc.returncode, dict(line.split("=", 1) for line in lines), proc.stdout + proc.stderr
+
+
+@pytest.mark.slow  # a dozen gto commands, a second or more each
+def test_the_workflows_resolve_step_reads_each_kind_of_tag(tmp_path):
+    repo = copy_project(tmp_path / "repo")
+    gto("register", "quant-model", "--version", "v1.0.0", cwd=repo)
+    gto("assign", "quant-model", "--version", "v1.0.0", "--stage", "prod", cwd=repo)
+    gto("deprecate", "quant-model", "v1.0.0", "prod", cwd=repo)  # quant-model#prod!#2
+    sh(["git", "tag", "quant-model@v2.0.0"], repo)  # a plain tag, not GTO's
+    code, out, _ = resolve_step(repo, VERSION_TAG, tmp_path)
+    assert code == 0 and out == {
+        "event": "registration",
+        "version": "v1.0.0",
+        "stage": "",
+        "image": "ghcr.io/some-org/cali-reg",  # image names are lower case
+    }
+    code, out, _ = resolve_step(repo, "quant-model#prod#1", tmp_path)
+    assert code == 0 and (out["event"], out["version"], out["stage"]) == (
+        "assignment",
+        "v1.0.0",
+        "prod",
+    )
+    code, out, log = resolve_step(repo, "quant-model#prod!#2", tmp_path)
+    assert code == 0 and out["event"] == "unassignment" and "nothing to publish" in log
+    code, out, log = resolve_step(repo, "quant-model@v2.0.0", tmp_path)
+    assert code != 0 and out == {} and "is not a GTO tag of quant-model" in log
 
 
 def test_gto_is_pinned_at_the_version_dvc_installs():

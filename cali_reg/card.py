@@ -341,7 +341,7 @@ them (`models/schema.json`):
 
 ## Quantisation
 
-The float model's {n_features} coefficients become {model.bits}-bit integer codes under the
+The float model's {n_features} coefficients become {model.bits}-bit codes under the
 `{model.scheme}` scheme; the stored arrays that inference needs take
 {quant["payload_bytes"]} bytes against {flt["payload_bytes"]} for the float64 weights (ratio
 {cmp_["size_ratio"]}). Settings (`params.yaml`, section `quantize`): {settings}.

@@ -321,8 +321,9 @@ metrics, `params.yaml` and the robustness table. Do not edit it by hand.
 - **Valuing a house, or any decision about a person** (lending, insurance, pricing,
   housing): the rows are block-group aggregates from 1990, not homes, and prices have
   changed since.
-- **Values above the data's cap**: the target stops at {_f(target.max())} in the training
-  rows (the census recorded higher values as $500,001), so the model never saw more.
+- **Values above the data's cap**: the target stops at {_f(target.max())}, where
+  {int(np.sum(target == target.max()))} of the {n_train} training rows sit (the data set
+  top-codes higher values), so the model never saw more.
 - **Rows outside the training ranges** (table below): a linear model extrapolates without
   bound. Even on the test rows its predictions run from {_f(preds.min())} to
   {_f(preds.max())}, outside the target's range [{_f(target.min())}, {_f(target.max())}].

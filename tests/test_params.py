@@ -3,7 +3,7 @@
 import pytest
 
 from cali_reg.errors import UserError
-from cali_reg.params import load_params, validate_section
+from cali_reg.params import load_params, read_params, validate_section
 from stages.quantize import RULES as QUANTIZE_RULES
 from stages.split import RULES as SPLIT_RULES
 
@@ -72,3 +72,14 @@ def test_load_params_reports_bad_yaml(tmp_path):
     path.write_text("split: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params("split", SPLIT_RULES, path)
+
+
+def test_read_params_gives_a_section_as_it_stands_for_a_reporting_stage(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("quantize:\n  scheme: pow2\n  new_key: 3\n")
+    assert read_params("quantize", path) == {"scheme": "pow2", "new_key": 3}
+    with pytest.raises(UserError, match="section 'split' is missing"):
+        read_params("split", path)
+    path.write_text("split: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        read_params("split", path)

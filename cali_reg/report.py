@@ -301,7 +301,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="commit, branch or tag to compare with (default: the merge base with main)",
     )
     parser.add_argument(
-        "--out", type=Path, default=OUT, help=f"folder for report.md and its images ({OUT})"
+        "--out",
+        type=Path,
+        default=OUT,
+        metavar="DIR",
+        help=f"folder for report.md and its images (default: {OUT})",
     )
     parser.add_argument(
         "--images-url",

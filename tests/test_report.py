@@ -115,8 +115,12 @@ def test_images_url_links_the_images_instead_of_embedding_them(two_commits, tmp_
         ([], "outside", "is not in a git repository"),
     ],
 )
-def test_user_mistakes_are_one_line(built_repo, tmp_path, args, where, message):
-    cwd = built_repo if where == "repo" else tmp_path
+def test_user_mistakes_are_one_line(tmp_path, args, where, message):
+    cwd = tmp_path / where
+    cwd.mkdir()
+    if where == "repo":
+        sh(["git", "init", "-q", "-b", "main"], cwd)
+        sh(["git", "commit", "-q", "--allow-empty", "-m", "x"], cwd)
     proc = run_report(cwd, tmp_path / "out", *args, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
@@ -131,10 +135,59 @@ def test_without_a_main_branch_it_asks_for_a_base(tmp_path):
         report.resolve_base(tmp_path, None)
 
 
-def test_without_dvc_it_says_how_to_install_it(monkeypatch, built_repo, tmp_path):
+def test_without_dvc_it_says_how_to_install_it(monkeypatch, tmp_path):
     real = report.importlib.util.find_spec
     monkeypatch.setattr(
         report.importlib.util, "find_spec", lambda name: None if name == "dvc" else real(name)
     )
     with pytest.raises(UserError, match=r"the report needs dvc: run \./setup\.sh"):
-        report.build(built_repo, "HEAD", tmp_path / "out")
+        report.build(tmp_path, "HEAD", tmp_path / "out")
+
+
+def fake_plots_diff(monkeypatch, sha: str, plots: dict[str, tuple[list, list, bool]]) -> None:
+    """Make ``dvc plots diff`` answer with these (base rows, workspace rows, colours by rev)."""
+
+    def answer(root, *args):
+        assert args == ("plots", "diff", sha)
+        data = {}
+        for plot_id, (base_rows, work_rows, by_rev) in plots.items():
+            values = [r | {"rev": sha} for r in base_rows]
+            values += [r | {"rev": "workspace"} for r in work_rows]
+            encoding = {"color": {"field": "rev"}} if by_rev else {}
+            spec = {"data": {"values": values}, "mark": "line", "encoding": encoding}
+            data[plot_id] = [{"type": "vega", "revisions": ["workspace", sha], "content": spec}]
+        return {"data": data}
+
+    monkeypatch.setattr(report, "dvc_json", answer)
+
+
+def test_each_plot_is_drawn_once_if_unchanged_and_both_revisions_never_share_a_line(
+    monkeypatch, tmp_path
+):
+    sha = "a" * 40
+    old, new = [{"x": 1, "y": 2}], [{"x": 1, "y": 3}]
+    fake_plots_diff(
+        monkeypatch,
+        sha,
+        {"same": (old, old, False), "coloured": (old, new, True), "lines": (old, new, False)},
+    )
+    images = {name: (caption, spec) for name, caption, spec in report.plot_images(tmp_path, sha)}
+    assert {n: c for n, (c, _) in images.items()} == {
+        "same": "unchanged",
+        "coloured": "base and workspace",
+        "lines-base": "base",
+        "lines-workspace": "workspace",
+    }
+    assert images["same"][1]["data"]["values"] == [{"x": 1, "y": 2, "rev": "workspace"}]
+    assert images["lines-base"][1]["data"]["values"] == [{"x": 1, "y": 2, "rev": "base aaaaaaa"}]
+    assert images["lines-workspace"][1]["data"]["values"] == [{"x": 1, "y": 3, "rev": "workspace"}]
+    revs = {r["rev"] for r in images["coloured"][1]["data"]["values"]}
+    assert revs == {"base aaaaaaa", "workspace"}  # the legend names the base by its short id
+
+
+@pytest.mark.parametrize(
+    "old,new,shown",
+    [(4, 3, "-1"), (0.573381, 0.578787, "+0.005406"), (0.5, 0.5, "0"), (None, 1, "–")],
+)
+def test_deltas_are_signed_and_free_of_float_noise(old, new, shown):
+    assert report.delta(old, new) == shown

@@ -67,11 +67,8 @@ def drift(root: Path, paths: tuple[str, ...] = PIPELINE_FILES) -> dict[str, str]
     return {p: oid for p, oid in committed.items() if current.get(p) != oid}
 
 
-def restore(root: Path) -> tuple[list[str], list[str]]:
-    """Write HEAD's version of each drifted pipeline file, then ``dvc checkout``.
-
-    Returns the git-tracked files written and the lines ``dvc checkout`` printed.
-    """
+def restore_files(root: Path) -> list[str]:
+    """Write HEAD's version of each drifted pipeline file; return the files written."""
     changed = drift(root)
     for path, oid in sorted(changed.items()):
         data = subprocess.run(
@@ -81,6 +78,11 @@ def restore(root: Path) -> tuple[list[str], list[str]]:
     # Unstage anything staged there, then let git re-read the files' times.
     git(root, "reset", "-q", "HEAD", "--", *PIPELINE_FILES)
     subprocess.run(["git", "update-index", "-q", "--refresh"], cwd=root, capture_output=True)
+    return sorted(changed)
+
+
+def checkout_outputs(root: Path) -> list[str]:
+    """``dvc checkout --force``: data and models as the restored dvc.lock says; its lines."""
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "checkout", "--force"],
         cwd=root,
@@ -89,14 +91,19 @@ def restore(root: Path) -> tuple[list[str], list[str]]:
         timeout=600,
     )
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         if "No module named dvc" in proc.stderr:
             raise UserError("dvc is not installed here; run ./setup.sh (or pip install dvc)")
-        raise UserError(
-            f"dvc checkout failed ({detail.removeprefix('ERROR: ')}); "
-            "run 'dvc pull' to fetch the committed models and data, then run this again"
-        )
-    return sorted(changed), [line for line in proc.stdout.splitlines() if line.strip()]
+        lines = proc.stderr.strip().splitlines()
+        if lines and "Checkout failed for following targets" in lines[0]:
+            missing = [x for x in lines[1:] if "/" in x and " " not in x and x[0] != "<"]
+            raise UserError(
+                f"{len(missing)} committed output(s) are not in DVC's cache "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                "run 'dvc pull' (or 'dvc repro'), then run this again"
+            )
+        detail = next((x for x in lines if x.startswith("ERROR")), "no message")
+        raise UserError(f"dvc checkout failed: {detail.removeprefix('ERROR: ')}")
+    return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
 def _pipeline_file(path: str) -> bool:
@@ -110,9 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     root = repo_root()
     head = git(root, "rev-parse", "--short", "HEAD").strip()
-    written, checked_out = restore(root)
+    written = restore_files(root)
     for path in written:
-        print(f"restored {path}")
+        print(f"restored {path}", flush=True)
+    checked_out = checkout_outputs(root)
     for line in checked_out:
         print(line)
     if not written and not checked_out:

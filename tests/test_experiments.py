@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import dvc, project_env, read_json, sh
+from tests.conftest import copy_project, dvc, project_env, read_json, sh
 
 METRICS = ("metrics/float.json", "metrics/quant.json", "metrics/compare.json")
 # What DVC keeps for itself: its cache, and the queue's temp copies and logs.
@@ -226,3 +226,12 @@ def test_restore_outside_a_git_repository_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "is not in a git repository" in proc.stderr
+
+
+def test_restore_without_the_models_in_the_cache_says_to_pull_them(tmp_path):
+    clone = copy_project(tmp_path)  # the committed files, never reproduced: an empty cache
+    proc = sh([sys.executable, "-m", "cali_reg", "restore"], clone, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "committed output(s) are not in DVC's cache" in proc.stderr
+    assert "models/quant.json" in proc.stderr or "..." in proc.stderr
+    assert "run 'dvc pull'" in proc.stderr

@@ -43,9 +43,12 @@ def git(root: Path | str, *args: str, input: str | None = None) -> str:
 
 def repo_root(where: Path | str = ".") -> Path:
     """The top folder of the git repository holding ``where``."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True
-    )
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        raise UserError("git is not installed; install git and run this in a clone") from None
     if proc.returncode != 0:
         raise UserError(f"{Path(where).resolve()} is not in a git repository; run this in a clone")
     return Path(proc.stdout.strip())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cali_reg.errors import UserError
 from cali_reg.files import atomic_write_bytes, atomic_write_text
-from cali_reg.restore import git, repo_root
+from cali_reg.restore import git, print_lines, repo_root
 
 OUT = Path("report")
 MAIN_BRANCHES = ("main", "origin/main", "master", "origin/master")
@@ -119,6 +119,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def summary(params: dict, metrics: dict) -> str:
+    """One line for the busy reviewer: how many params moved, and the quantised model."""
+    count = sum(len(v) for v in params.values())
+    quant = metrics.get(MODELS["quant"], {})
+    moves = []
+    for name, unit in (("bits", " bits"), ("payload_bytes", " B"), ("r2", "")):
+        v = quant.get(name)
+        if v:
+            label = "test R² " if name == "r2" else ""
+            moves.append(f"{label}{fmt(v.get('old'))} → {fmt(v.get('new'))}{unit}")
+    model = f"; the quantised model: {', '.join(moves)}" if moves else ""
+    return f"**Summary**: {count} param(s) changed{model}."
 
 
 def params_section(changed: dict) -> str:
@@ -265,6 +279,8 @@ def build(
             f"**Nothing changed**: the params, metrics and plots of the workspace are those "
             f"of `{short}`."
         )
+    else:
+        parts.append(summary(params, metrics))
     parts += [params_section(params), metrics_section(metrics)]
     parts.append(robustness_section(base_rob, work_rob, bits))
 
@@ -322,5 +338,4 @@ def main(args: argparse.Namespace) -> None:
         report, images = build(root, args.base, out, args.images_url)
     except OSError as err:
         raise UserError(f"cannot write the report to {args.out} ({err.strerror})") from None
-    for path in (report, *images):
-        print(path)
+    print_lines([str(path) for path in (report, *images)])

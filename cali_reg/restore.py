@@ -16,6 +16,7 @@ seconds. A same-size edit made in the same second as that write (``split.test_si
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def git(root: Path | str, *args: str, input: str | None = None) -> str:
         detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise UserError(f"git {args[0]} failed in {root}: {detail}")
     return proc.stdout
+
+
+def print_lines(lines: list[str]) -> None:
+    """Print each line; a reader that stops early (``| head``) is not an error."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def repo_root(where: Path | str = ".") -> Path:
@@ -121,13 +133,14 @@ def main(args: argparse.Namespace) -> None:
     root = repo_root()
     head = git(root, "rev-parse", "--short", "HEAD").strip()
     written = restore_files(root)
-    for path in written:
-        print(f"restored {path}", flush=True)
+    print_lines([f"restored {path}" for path in written])
     checked_out = checkout_outputs(root)
-    for line in checked_out:
-        print(line)
+    lines = list(checked_out)
     if not written and not checked_out:
-        print(f"nothing to restore: params, dvc.lock, metrics, plots and DVC outputs are as {head}")
+        lines.append(
+            f"nothing to restore: params, dvc.lock, metrics, plots and DVC outputs are as {head}"
+        )
     others = [p for p in drift(root, (".",)) if not _pipeline_file(p)]
     if others:
-        print(f"left as they are (not written by the pipeline): {', '.join(sorted(others))}")
+        lines.append(f"left as they are (not written by the pipeline): {', '.join(sorted(others))}")
+    print_lines(lines)

@@ -54,6 +54,8 @@ def test_the_report_names_the_param_and_shows_bits_and_r2_moving(two_commits, tm
     base = sh(["git", "rev-parse", "--short", "HEAD~1"], two_commits).stdout.strip()
     assert f"Base: `{base}`" in text
     assert "Nothing changed" not in text
+    summary = "**Summary**: 1 param(s) changed; the quantised model: 4 → 3 bits, 16 → 15 B, "
+    assert summary + "test R² 0.573381 → 0.578787." in text
 
     assert rows(text, "`quantize.margin`") == [["`quantize.margin`", "0.001", "0.01"]]
     [bits] = rows(text, "`bits`")

@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "predict": ("cali_reg.predict", "predict house values for CSV or JSON rows"),
     "serve": ("cali_reg.serve", "serve predictions over HTTP (MLflow's scoring protocol)"),
     "plots": ("cali_reg.plots", "render the DVC plots to images (docs/plots/)"),
+    "report": ("cali_reg.report", "params, metrics and plots of the workspace against a base"),
+    "restore": ("cali_reg.restore", "put params, dvc.lock, metrics and models back as committed"),
 }
 
 

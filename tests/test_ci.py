@@ -37,3 +37,25 @@ def test_ci_runs_ruff_lint_and_format_check():
     # pyflakes, pycodestyle, isort, bugbear, pyupgrade
     for family in ("F", "E", "W", "I", "B", "UP"):
         assert f'"{family}"' in rules
+
+
+def test_actionlint_checks_every_workflow_in_ci_and_in_the_lint_job():
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+    assert {p.name for p in workflows} >= {"ci.yaml", "report.yaml"}
+    assert all(p.suffix == ".yaml" for p in workflows)  # the glob below sees them all
+    script = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"actionlint .*\.github/workflows/\*\.yaml$", script, flags=re.M)
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yaml").read_text())
+    runs = [step.get("run", "") for step in ci["jobs"]["lint"]["steps"]]
+    assert any(re.search(r"actionlint .*\.github/workflows/\*\.yaml$", r) for r in runs)
+
+
+def test_the_report_workflow_comments_once_with_job_permissions_only():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "report.yaml").read_text())
+    assert wf["permissions"] == {}
+    [job] = wf["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "gh pr comment" in script and "--edit-last --create-if-none" in script
+    assert "GITHUB_STEP_SUMMARY" in script  # the fork fallback
+    assert "curl" not in script and "gh api" not in script

@@ -36,10 +36,7 @@ def test_float_model_matches_reference(built_repo):
     assert m["rmse"] == pytest.approx(FLOAT_RMSE, abs=5e-5)
     assert m["payload_bytes"] == 9 * 8  # 8 float64 coefficients + intercept
     assert m["file_bytes"] == (built_repo / "models/float.joblib").stat().st_size
-    code = (
-        "from cali_reg.train import load_estimator; "
-        "print(load_estimator('models/float.joblib').intercept_)"
-    )
+    code = "import joblib; print(joblib.load('models/float.joblib').intercept_)"
     intercept = float(sh(["python", "-c", code], built_repo).stdout)
     assert intercept == pytest.approx(INTERCEPT, abs=5e-5)
     preds = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)

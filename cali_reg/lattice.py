@@ -211,9 +211,14 @@ def closest_values(
         centre = ref + np.linalg.solve(gram, cross)
         order = _search_order(gram)
         r = np.linalg.cholesky(gram[np.ix_(order, order)]).T
-        rs = np.linalg.cholesky(spread[np.ix_(order, order)]).T if weight else spread
     except np.linalg.LinAlgError:
         return None
+    try:
+        rs = np.linalg.cholesky(spread[np.ix_(order, order)]).T if weight else spread
+        exact_leaf = None
+    except np.linalg.LinAlgError:
+        # a singular spread (e.g. a perfect fit): no partial bound, the exact penalty at leaves
+        rs, exact_leaf = np.zeros((n, n)), spread[np.ix_(order, order)]
     if not (np.all(np.isfinite(centre)) and np.all(np.diag(r) > 0)):
         return None
     offset = float(cross @ (centre - ref))  # cost = metric - offset
@@ -250,6 +255,9 @@ def closest_values(
             state["nodes"] += 1
             v[k] = a[idx[k]]
             sq = spread_sq + (srow[k] * (v[k] - r0[k]) + s_rest) ** 2
+            if exact_leaf is not None and k == 0:
+                d = np.array(v) - r0
+                sq = max(float(d @ exact_leaf @ d), 0.0)
             total = metric - offset + weight * math.sqrt(sq)
             if total > limit:
                 continue

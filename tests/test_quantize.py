@@ -460,11 +460,21 @@ def test_tampered_sound_files_are_refused_with_one_line(tmp_path, scheme, bits, 
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("scheme", ("window", "affine", "pow2"))
+@pytest.mark.parametrize("scheme", tuple(FORMATS))
 def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
     coef, intercept = random_model(2)
+    coef = coef / np.abs(coef).max()  # within the 4-bit-exponent formats' range
+    X = np.random.default_rng(2).normal(size=(40, len(NAMES)))
+    y = X @ coef + intercept + np.random.default_rng(3).normal(0, 0.1, 40)
     m = qz.quantize(
-        coef, intercept, scheme=scheme, bits=4, padding=0.05, half_width=0.05, feature_names=NAMES
+        coef,
+        intercept,
+        scheme=scheme,
+        bits=FORMATS[scheme].bits[-1] // 2 + 2,
+        padding=0.05,
+        half_width=0.05,
+        feature_names=NAMES,
+        calibration=(X, y),
     )
     path = tmp_path / "q.json"
     path.write_text(mdl.dumps(m))

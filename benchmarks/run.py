@@ -235,15 +235,15 @@ def bench_startup(table: Table, repo: Path, order: list[str], runs: int, base: P
 INFERENCE_CHILD = """
 import statistics, sys, time
 import numpy as np
+import joblib
 from cali_reg.model import load_model
-from cali_reg.train import load_estimator
 X = np.load(sys.argv[1])
 qmodel = load_model("models/quant.json")
 w, b = qmodel.coef, qmodel.intercept
 if sys.argv[2] == "quant":
     predict = qmodel.predict
 elif sys.argv[2] == "sklearn":
-    predict = load_estimator("models/float.joblib").predict
+    predict = joblib.load("models/float.joblib").predict
 else:
     predict = lambda X: X @ w + b
 predict(X)  # warm up: first-touch page faults, BLAS thread start

@@ -6,8 +6,14 @@ import math
 
 import numpy as np
 
-# Metrics are rounded so that last-bit differences between CPUs cannot change them.
+# Every figure the pipeline writes is rounded to this many decimals, so that
+# last-bit differences between CPUs cannot change it.
 DECIMALS = 6
+
+
+def rounded(value) -> float:
+    """``value`` rounded to ``DECIMALS``, -0.0 written as 0.0: the one rounding of figures."""
+    return round(float(value), DECIMALS) + 0.0
 
 
 def scores(y_true, y_pred) -> dict[str, float]:
@@ -17,16 +23,16 @@ def scores(y_true, y_pred) -> dict[str, float]:
     sse = float(np.dot(err, err))
     sst = float(np.sum((y_true - y_true.mean()) ** 2))
     return {
-        "r2": round(1.0 - sse / sst, DECIMALS),
-        "rmse": round(math.sqrt(sse / len(err)), DECIMALS),
-        "mae": round(float(np.mean(np.abs(err))), DECIMALS),
+        "r2": rounded(1.0 - sse / sst),
+        "rmse": rounded(math.sqrt(sse / len(err))),
+        "mae": rounded(np.mean(np.abs(err))),
     }
 
 
 def compare(float_m: dict, quant_m: dict, float_pred, quant_pred) -> dict[str, float]:
     """Quant-minus-float deltas, the payload size ratio and the largest prediction gap."""
-    out = {f"delta_{k}": round(quant_m[k] - float_m[k], DECIMALS) for k in ("r2", "rmse", "mae")}
-    out["size_ratio"] = round(quant_m["payload_bytes"] / float_m["payload_bytes"], DECIMALS)
+    out = {f"delta_{k}": rounded(quant_m[k] - float_m[k]) for k in ("r2", "rmse", "mae")}
+    out["size_ratio"] = rounded(quant_m["payload_bytes"] / float_m["payload_bytes"])
     gap = np.max(np.abs(np.asarray(quant_pred) - np.asarray(float_pred)))
-    out["max_abs_pred_diff"] = round(float(gap), DECIMALS)
+    out["max_abs_pred_diff"] = rounded(gap)
     return out

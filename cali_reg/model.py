@@ -5,29 +5,31 @@ Two plain-JSON formats, never a pickle:
 - the float model (``models/float.json``, written by the train stage): feature
   names, coefficients and intercept as float64 decimals;
 - the quantised model (``models/quant.json``, format ``cali-reg/quantized-linear``):
-  scheme, bits, feature names, and the small integer and float arrays that
-  inference needs, each with its stored dtype. ``payload_bytes`` is their size.
+  scheme (the name of its format in ``cali_reg.formats``), bits, feature names,
+  and the small integer and float arrays that inference needs, each with its
+  stored dtype. ``payload_bytes`` is their size.
 
-``load_model`` reads either. Both predict through ``linear_predict``, so the model
-that the evaluate stage scores is bit for bit the model that is served. How the
-codes are chosen is ``cali_reg.quantize``; this module only decodes them.
+``load_model`` reads either; a quantised file is checked against its format's
+layout and decoded by its format's module. Both predict through
+``linear_predict``, so the model that the evaluate stage scores is bit for bit
+the model that is served.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from cali_reg.errors import ModelFileError, UserError
+from cali_reg.formats import FORMATS
 
 FORMAT = "cali-reg/quantized-linear"
 VERSION = 1
-_DTYPES = {"uint8", "uint16", "int8", "int16", "float32", "float64"}
+_DTYPES = {"uint8", "uint16", "int8", "int16", "float16", "float32", "float64"}
 _ROW_GROUP = 64  # a multiple of every x86-64 OpenBLAS gemv kernel's row unrolling
 
 
@@ -121,96 +123,6 @@ def _finite_numbers(values, n: int) -> bool:
     )
 
 
-# --- decoding the quantised schemes ----------------------------------------------
-
-
-def code_dtype(bits: int) -> np.dtype:
-    """The smallest unsigned integer dtype that holds ``bits``-bit codes."""
-    return np.dtype(np.uint8 if bits <= 8 else np.uint16)
-
-
-def packed_length(n: int, bits: int) -> int:
-    """Bytes that ``n`` fields of ``bits`` bits take when packed end to end."""
-    return -(-n * bits // 8)
-
-
-def unpack_fields(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Unsigned ``bits``-bit integers packed end to end, most significant bit first.
-
-    The padding bits after the last field must be zero.
-    """
-    flat = np.unpackbits(np.asarray(packed, dtype=np.uint8))
-    if flat[n * bits :].any():
-        raise ModelFileError("packed codes have non-zero padding bits")
-    weights = np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64)
-    return flat[: n * bits].reshape(n, bits).astype(np.int64) @ weights
-
-
-def _window_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
-    if int(arrays["codes"].max()) >= 2**bits:
-        raise ModelFileError(f"a code exceeds the {bits}-bit range")
-    params = arrays["codes"].astype(np.float32) * arrays["scale"] + arrays["min"]
-    return params[:-1], params[-1]
-
-
-def _window_layout(n: int, bits: int) -> dict:
-    return {
-        "codes": (code_dtype(bits), n + 1),
-        "min": (np.dtype(np.float32), n + 1),
-        "scale": (np.dtype(np.float32), n + 1),
-    }
-
-
-def _affine_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
-    scale, zero_point = arrays["scale"][0], int(arrays["zero_point"][0])
-    if not scale > 0:
-        raise ModelFileError("array 'scale' must be positive")
-    if zero_point >= 2**bits:
-        raise ModelFileError(f"the zero point exceeds the {bits}-bit range")
-    coef = (unpack_fields(arrays["codes"], bits, n) - zero_point) * np.float64(scale)
-    return coef, arrays["intercept"][0]
-
-
-def _affine_layout(n: int, bits: int) -> dict:
-    return {
-        "codes": (np.dtype(np.uint8), packed_length(n, bits)),
-        "scale": (np.dtype(np.float32), 1),
-        "zero_point": (code_dtype(bits), 1),
-        "intercept": (np.dtype(np.float32), 1),
-    }
-
-
-def _pow2_decode(arrays: dict, bits: int, n: int) -> tuple[np.ndarray, float]:
-    fields = unpack_fields(arrays["codes"], bits, n)
-    codes = np.where(fields >= 2 ** (bits - 1), fields - 2**bits, fields)
-    if np.any(codes < -(2 ** (bits - 1) - 1)):
-        raise ModelFileError(f"a code is outside the symmetric {bits}-bit range")
-    coef = np.ldexp(codes.astype(np.float64), arrays["exponents"].astype(np.int64))
-    return coef, arrays["intercept"][0]
-
-
-def _pow2_layout(n: int, bits: int) -> dict:
-    return {
-        "codes": (np.dtype(np.uint8), packed_length(n, bits)),
-        "exponents": (np.dtype(np.int8), n),
-        "intercept": (np.dtype(np.float32), 1),
-    }
-
-
-class Decoder(NamedTuple):
-    """How a scheme's stored arrays become float weights, and which arrays it stores."""
-
-    decode: Callable[[dict, int, int], tuple[np.ndarray, float]]
-    layout: Callable[[int, int], dict]  # (n_features, bits) -> {name: (dtype, length)}
-
-
-DECODERS = {
-    "window": Decoder(_window_decode, _window_layout),
-    "affine": Decoder(_affine_decode, _affine_layout),
-    "pow2": Decoder(_pow2_decode, _pow2_layout),
-}
-
-
 # --- the quantised model ---------------------------------------------------------
 
 
@@ -231,7 +143,7 @@ class QuantizedModel:
             arrays,
         )
         _check_quantized(self)
-        coef, intercept = DECODERS[scheme].decode(arrays, bits, len(feature_names))
+        coef, intercept = FORMATS[scheme].decode(arrays, bits, len(feature_names))
         # Inference runs in float64 on the decoded weights: no per-call decoding.
         self.coef = np.asarray(coef, dtype=np.float64)
         self.intercept = float(intercept)
@@ -266,13 +178,17 @@ class QuantizedModel:
 
 
 def _check_quantized(model: QuantizedModel) -> None:
-    if model.scheme not in DECODERS:
-        raise ModelFileError(f"unknown scheme {model.scheme!r}; known: " + ", ".join(DECODERS))
-    if not (_is_int(model.bits) and 2 <= model.bits <= 16):
-        raise ModelFileError(f"bits = {model.bits!r} must be an integer from 2 to 16")
+    fmt = FORMATS.get(model.scheme) if isinstance(model.scheme, str) else None
+    if fmt is None:
+        raise ModelFileError(f"unknown scheme {model.scheme!r}; known: " + ", ".join(FORMATS))
+    if not (_is_int(model.bits) and model.bits in fmt.bits):
+        raise ModelFileError(
+            f"bits = {model.bits!r} must be an integer from {fmt.bits.start} to "
+            f"{fmt.bits.stop - 1} under scheme {model.scheme}"
+        )
     if not (model.feature_names and all(isinstance(n, str) for n in model.feature_names)):
         raise ModelFileError("feature_names must be a non-empty list of strings")
-    layout = DECODERS[model.scheme].layout(len(model.feature_names), model.bits)
+    layout = fmt.layout(len(model.feature_names), model.bits)
     if set(model.arrays) != set(layout):
         raise ModelFileError(
             f"scheme {model.scheme} needs arrays {sorted(layout)}, got {sorted(model.arrays)}"

@@ -41,6 +41,17 @@ def number_open(lo: float, hi: float) -> Rule:
     )
 
 
+def number_above(lo: float) -> Rule:
+    return Rule(lambda v: _is_number(v) and v > lo, f"a number above {lo:g}")
+
+
+def auto_or_int_in(lo: int, hi: int) -> Rule:
+    return Rule(
+        lambda v: v == "auto" or (_is_int(v) and lo <= v <= hi),
+        f"auto or an integer from {lo} to {hi}",
+    )
+
+
 def number_at_least(lo: float) -> Rule:
     return Rule(lambda v: _is_number(v) and v >= lo, f"a number of at least {lo:g}")
 
@@ -111,3 +122,8 @@ def read_params(section: str, path: Path | str = PARAMS_FILE) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"{path}: section '{section}' is missing; restore it from git")
     return dict(values)
+
+
+# The split section's rules: the split stage's, and the robustness stage reads
+# split.test_size through them too.
+SPLIT_RULES = {"test_size": number_open(0, 1), "seed": int_in(0, 2**32 - 1)}

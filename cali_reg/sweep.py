@@ -1,8 +1,9 @@
-"""Every quantisation scheme at every bit width, scored on the test split.
+"""Every format's variants at every bit width it supports, scored on the test split.
 
-Each variant in ``variants()`` is one line in the accuracy-against-size plot. The
-grid is fixed here, not in params.yaml: it is the map of the whole design space,
-not a knob of the served model.
+``variants()`` is the one list of variants (and ``label`` their words) that the
+sweep draws and the robustness stage repeats. The grid is fixed here, not in
+params.yaml: it is the map of the whole design space, not a knob of the served
+model.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from cali_reg.data import FEATURES
-from cali_reg.evaluate import DECIMALS, scores
+from cali_reg.evaluate import rounded, scores
+from cali_reg.formats import FORMATS, FormatLimitError
 from cali_reg.model import linear_predict
-from cali_reg.quantize import SCHEMES, quantize
+from cali_reg.quantize import quantize
 
-BITS = range(2, 17)
-MARGINS = (0.01, 0.05, 0.2)
-# (rounding, refit_intercept) for the schemes that honour them
+HALF_WIDTHS = (0.01, 0.05, 0.2)  # window
+PADDINGS = (0.01, 0.05, 0.2)  # affine
+# (rounding, refit_intercept) for the formats that read them
 REFINEMENTS = (("optimal", True), ("error_aware", True), ("nearest", True), ("nearest", False))
 COLUMNS = (
     "variant",
@@ -30,11 +32,12 @@ COLUMNS = (
     "r2_loss",
     "pareto",
 )
-# One variant per scheme is drawn in the accuracy-against-size plot: each scheme at its
-# best settings (the seed's window at the seed's margin), so the plot compares schemes.
+# One variant per format is drawn in the accuracy-against-size plot and repeated
+# over 20 splits: each at its best settings (the seed's window at the seed's
+# half-width), so the plot compares formats.
 FEATURED = {
-    "window": {"margin": 0.05},
-    "affine": {"margin": 0.01, "rounding": "optimal", "refit_intercept": True},
+    "window": {"half_width": 0.05},
+    "affine": {"padding": 0.05, "rounding": "optimal", "refit_intercept": True},
     "pow2": {"rounding": "optimal", "refit_intercept": True},
 }
 ROUNDING_WORDS = {
@@ -45,37 +48,43 @@ ROUNDING_WORDS = {
 
 
 def variants() -> dict[str, dict]:
-    """Every scheme, at each margin if it uses one, with each refinement if it has them."""
+    """Every format with each setting it reads: {name: quantize settings incl. scheme}."""
     out = {}
-    for scheme, spec in SCHEMES.items():
-        for margin in MARGINS if spec.uses_margin else (None,):
-            for rounding, refit in REFINEMENTS if spec.refines else (("nearest", False),):
-                name = scheme + (f"-m{margin:g}" if margin is not None else "")
-                if spec.refines:
-                    name += f"-{rounding}" + ("-refit" if refit else "")
-                out[name] = {
-                    "scheme": scheme,
-                    "margin": margin,
-                    "rounding": rounding,
-                    "refit_intercept": refit,
-                }
+    for scheme, fmt in FORMATS.items():
+        halves = HALF_WIDTHS if "half_width" in fmt.reads else (None,)
+        pads = PADDINGS if "padding" in fmt.reads else (None,)
+        refinements = REFINEMENTS if "rounding" in fmt.reads else ((None, None),)
+        for half in halves:
+            for pad in pads:
+                for rounding, refit in refinements:
+                    name, settings = scheme, {"scheme": scheme}
+                    if half is not None:
+                        name, settings["half_width"] = name + f"-h{half:g}", half
+                    if pad is not None:
+                        name, settings["padding"] = name + f"-p{pad:g}", pad
+                    if rounding is not None:
+                        name += f"-{rounding}" + ("-refit" if refit else "")
+                        settings |= {"rounding": rounding, "refit_intercept": refit}
+                    out[name] = settings
     return out
 
 
 def label(settings: dict) -> str:
-    """The variant in words, for a plot's legend."""
-    words = [settings["scheme"] + (" (the seed's)" if settings["scheme"] == "window" else "")]
-    if settings["margin"] is not None:
-        words.append(f"margin {settings['margin']:g}")
-    if SCHEMES[settings["scheme"]].refines:
-        words.append(ROUNDING_WORDS.get(settings["rounding"], settings["rounding"]))
+    """The variant in words, for a plot's legend (no commas: the tables are plain CSV)."""
+    words = [FORMATS[settings["scheme"]].summary]
+    if "half_width" in settings:
+        words.append(f"half-width {settings['half_width']:g}")
+    if "padding" in settings:
+        words.append(f"padding {settings['padding']:g}")
+    if "rounding" in settings:
+        words.append(ROUNDING_WORDS[settings["rounding"]])
         words.append("intercept re-fit" if settings["refit_intercept"] else "stored intercept")
-    return "; ".join(words)  # no commas: the table is plain CSV
+    return "; ".join(words)
 
 
 def is_featured(settings: dict) -> bool:
     wanted = FEATURED.get(settings["scheme"], {})
-    return all(settings[key] == value for key, value in wanted.items())
+    return all(settings.get(key) == value for key, value in wanted.items())
 
 
 def pareto_front(payload, loss) -> np.ndarray:
@@ -90,28 +99,31 @@ def pareto_front(payload, loss) -> np.ndarray:
 
 
 def sweep(coef: np.ndarray, intercept: float, train_xy, test_xy) -> list[list]:
-    """Rows of ``COLUMNS``: every variant at every bit width, in a fixed order.
+    """Rows of ``COLUMNS``: every variant at every width its format supports, in a fixed order.
 
     ``r2_loss`` is the float model's test R² minus the quantised model's (negative
     where quantising happened to help); ``featured`` (1 or 0) marks the one variant
-    per scheme that the plot draws, and ``pareto`` the featured points that no other
-    featured point beats on both payload and loss.
+    per format that the plot draws, and ``pareto`` the featured points that no other
+    featured point beats on both payload and loss. A width whose format cannot
+    hold the model (``FormatLimitError``) has no row.
     """
     X_test, y_test = test_xy
     float_r2 = scores(y_test, linear_predict(X_test, coef, intercept))["r2"]
     rows = []
     for name, settings in variants().items():
-        for bits in BITS:
-            qmodel = quantize(
-                coef,
-                intercept,
-                bits=bits,
-                feature_names=FEATURES,
-                calibration=train_xy,
-                **settings,
-            )
+        for bits in FORMATS[settings["scheme"]].bits:
+            try:
+                qmodel = quantize(
+                    coef,
+                    intercept,
+                    bits=bits,
+                    feature_names=FEATURES,
+                    calibration=train_xy,
+                    **settings,
+                )
+            except FormatLimitError:
+                continue
             m = scores(y_test, qmodel.predict(X_test))
-            loss = round(float_r2 - m["r2"], DECIMALS)
             featured = int(is_featured(settings))
             rows.append(
                 [
@@ -123,7 +135,7 @@ def sweep(coef: np.ndarray, intercept: float, train_xy, test_xy) -> list[list]:
                     m["r2"],
                     m["rmse"],
                     m["mae"],
-                    loss,
+                    rounded(float_r2 - m["r2"]),
                 ]
             )
     shown = [i for i, row in enumerate(rows) if row[2]]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from cali_reg.data import FEATURES
-from cali_reg.errors import UserError
 from cali_reg.files import atomic_write_bytes, atomic_write_text
 from cali_reg.model import FloatModel, dumps
 
@@ -54,28 +53,3 @@ def save(estimator, path: Path | str, weights_path: Path | str) -> None:
     joblib.dump(estimator, buf)
     atomic_write_bytes(path, buf.getvalue())
     atomic_write_text(weights_path, dumps(weights(estimator)))
-
-
-def load_estimator(path: Path | str):
-    """The estimator saved by ``save``, checked to be a fitted linear model of FEATURES.
-
-    Only this pipeline's own output is unpickled here; the served models are JSON.
-    """
-    import joblib
-
-    try:
-        estimator = joblib.load(path)
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: run 'dvc repro' to build it") from None
-    except Exception as err:
-        raise UserError(
-            f"{path} is corrupt ({err.__class__.__name__}); re-run 'dvc repro -f train'"
-        ) from None
-    if not hasattr(estimator, "predict") or np.shape(getattr(estimator, "coef_", None)) != (
-        len(FEATURES),
-    ):
-        raise UserError(
-            f"{path} is not a fitted {len(FEATURES)}-feature linear model; "
-            "re-run 'dvc repro -f train'"
-        )
-    return estimator

@@ -44,7 +44,7 @@ def main() -> None:
         "file_bytes": os.path.getsize(ESTIMATOR),
     }
     quant_m = scores(y, quant_pred) | {
-        "bits": qmodel.bits,  # under pow2 chosen by quantize.margin
+        "bits": qmodel.bits,  # with bits: auto, chosen by quantize.margin
         "payload_bytes": qmodel.payload_bytes,
         "file_bytes": os.path.getsize(QUANT),
     }

@@ -1,35 +1,47 @@
-"""Stage quantize: the float model's parameters as a few-bit integer model, saved as JSON.
+"""Stage quantize: the float model's parameters as a few-byte integer model, saved as JSON.
 
-The sound schemes re-fit the intercept and choose their codes on the training
-split (calibration data); the seed's ``window`` scheme ignores both. Under pow2,
-``quantize.margin`` is the training R² loss accepted and picks the bit width.
+The codes are chosen on the training split. ``quantize.margin`` is the accuracy
+budget: with ``scheme`` or ``bits`` at ``auto``, the saved model is the smallest
+payload whose training R² loss is within it (``cali_reg.quantize.quantize_within``).
 """
 
 from cali_reg.data import read_xy
 from cali_reg.errors import UserError, run
 from cali_reg.files import atomic_write_text
+from cali_reg.formats import BITS, FORMATS
 from cali_reg.model import FloatModel, dumps, load_model
-from cali_reg.params import boolean, int_in, load_params, number_at_least, one_of
-from cali_reg.quantize import ROUNDINGS, SCHEMES, quantize_within
+from cali_reg.params import (
+    auto_or_int_in,
+    boolean,
+    load_params,
+    number_above,
+    number_at_least,
+    one_of,
+)
+from cali_reg.quantize import AUTO, ROUNDINGS, quantize_within
 
 TRAIN = "data/train.csv"
 FLOAT = "models/float.json"
 OUT = "models/quant.json"
 RULES = {
-    "scheme": one_of(*SCHEMES),
-    "bits": int_in(2, 16),
+    "scheme": one_of(AUTO, *FORMATS),
+    "bits": auto_or_int_in(BITS.start, BITS.stop - 1),
     "margin": number_at_least(0),
-    "refit_intercept": boolean(),
+    "padding": number_above(0),
+    "half_width": number_above(0),
     "rounding": one_of(*ROUNDINGS),
+    "refit_intercept": boolean(),
 }
 
 
 def main() -> None:
     params = load_params("quantize", RULES)
-    if SCHEMES[params["scheme"]].uses_margin and params["margin"] == 0:
+    scheme, bits = params["scheme"], params["bits"]
+    if scheme != AUTO and bits != AUTO and bits not in FORMATS[scheme].bits:
+        widths = FORMATS[scheme].bits
         raise UserError(
-            f"params.yaml: quantize.margin = 0 is not allowed with scheme {params['scheme']}, "
-            "whose grid it sizes; set it above 0 (e.g. 0.05)"
+            f"params.yaml: quantize.bits = {bits} is not allowed with scheme {scheme}; "
+            f"use {widths.start} to {widths.stop - 1}, or auto"
         )
     calibration = read_xy(TRAIN)
     fmodel = load_model(FLOAT, expect=FloatModel)

@@ -2,14 +2,14 @@
 
 from cali_reg.data import COLUMNS, FEATURES, read_table, split_table, write_table
 from cali_reg.errors import run
-from cali_reg.params import int_in, load_params, number_open
+from cali_reg.params import SPLIT_RULES, load_params
 
 IN = "data/housing.csv"
 OUTS = {"train": "data/train.csv", "test": "data/test.csv", "sample": "data/sample.csv"}
 # The sample (features of the first rows of the test split) is what the Docker
 # image ships for its default output, instead of the data set.
 SAMPLE_ROWS = 100
-RULES = {"test_size": number_open(0, 1), "seed": int_in(0, 2**32 - 1)}
+RULES = SPLIT_RULES
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Stage sweep: every quantisation scheme at bits 2 to 16, scored on the test split.
+"""Stage sweep: every quantised format at every width it offers, scored on the test split.
 
 One long table, plots/sweep.csv: a row per variant and bit width, with its payload,
 test scores, R² loss against the float model, and whether it is on the Pareto front.

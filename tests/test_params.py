@@ -1,10 +1,14 @@
 """Param validation: every bad value, key or section is one line naming it."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from cali_reg.errors import UserError
 from cali_reg.params import load_params, read_params, validate_section
 from stages.quantize import RULES as QUANTIZE_RULES
+from stages.robustness import RULES as ROBUSTNESS_RULES
 from stages.split import RULES as SPLIT_RULES
 
 GOOD = {
@@ -12,7 +16,9 @@ GOOD = {
     "quantize": {
         "scheme": "window",
         "bits": 8,
-        "margin": 0.05,
+        "margin": 0.001,
+        "padding": 0.05,
+        "half_width": 0.05,
         "refit_intercept": True,
         "rounding": "nearest",
     },
@@ -28,6 +34,16 @@ def with_value(section, key, value):
 def test_good_params_pass():
     assert validate_section(GOOD, "split", SPLIT_RULES) == GOOD["split"]
     assert validate_section(GOOD, "quantize", QUANTIZE_RULES) == GOOD["quantize"]
+    auto = with_value("quantize", "bits", "auto")
+    assert validate_section(auto, "quantize", QUANTIZE_RULES)["bits"] == "auto"
+
+
+def test_the_committed_params_pass_every_stage_rule():
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    validate_section(params, "quantize", QUANTIZE_RULES)
+    validate_section(params, "robustness", ROBUSTNESS_RULES)
+    # robustness reads the split's test_size, not a copy of its own
+    assert "test_size" not in params["robustness"]
 
 
 @pytest.mark.parametrize(
@@ -39,12 +55,16 @@ def test_good_params_pass():
         ("split", SPLIT_RULES, "test_size", True, "strictly between 0 and 1"),
         ("split", SPLIT_RULES, "seed", -1, "an integer from 0"),
         ("split", SPLIT_RULES, "seed", 4.2, "an integer from 0"),
-        ("quantize", QUANTIZE_RULES, "bits", 1, "an integer from 2 to 16"),
-        ("quantize", QUANTIZE_RULES, "bits", 17, "an integer from 2 to 16"),
-        ("quantize", QUANTIZE_RULES, "bits", True, "an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", 1, "auto or an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", 17, "auto or an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", True, "auto or an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "bits", "Auto", "auto or an integer from 2 to 16"),
+        ("quantize", QUANTIZE_RULES, "padding", 0, "a number above 0"),
+        ("quantize", QUANTIZE_RULES, "half_width", -0.05, "a number above 0"),
+        ("quantize", QUANTIZE_RULES, "half_width", float("inf"), "a number above 0"),
         ("quantize", QUANTIZE_RULES, "margin", -0.1, "a number of at least 0"),
         ("quantize", QUANTIZE_RULES, "margin", "0.1", "a number of at least 0"),
-        ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of window, affine, pow2"),
+        ("quantize", QUANTIZE_RULES, "scheme", "Window", "one of auto, window, affine, pow2, e3"),
         ("quantize", QUANTIZE_RULES, "refit_intercept", "yes", "true or false"),
         ("quantize", QUANTIZE_RULES, "refit_intercept", 1, "true or false"),
         ("quantize", QUANTIZE_RULES, "rounding", "floor", "one of nearest, error_aware, optimal"),

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cali_reg.model import unpack_fields
-from cali_reg.quantize import pack_fields
+from cali_reg.formats.common import pack_fields, unpack_fields
 from tests.conftest import dvc, read_json, sh
 
 # Reference figures of the data set (../shared/data/README.md), not of this code.
@@ -36,10 +35,7 @@ def test_float_model_matches_reference(built_repo):
     assert m["rmse"] == pytest.approx(FLOAT_RMSE, abs=5e-5)
     assert m["payload_bytes"] == 9 * 8  # 8 float64 coefficients + intercept
     assert m["file_bytes"] == (built_repo / "models/float.joblib").stat().st_size
-    code = (
-        "from cali_reg.train import load_estimator; "
-        "print(load_estimator('models/float.joblib').intercept_)"
-    )
+    code = "import joblib; print(joblib.load('models/float.joblib').intercept_)"
     intercept = float(sh(["python", "-c", code], built_repo).stdout)
     assert intercept == pytest.approx(INTERCEPT, abs=5e-5)
     preds = np.loadtxt(built_repo / "plots/predictions.csv", delimiter=",", skiprows=1)
@@ -66,8 +62,8 @@ def test_metrics_show_lists_both_models(built_repo):
 
 
 def test_seed_window_scheme_reproduces_published_figures(repo):
-    # bits stay at the default 8; window ignores refit_intercept and rounding
-    dvc("exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.margin=0.05", cwd=repo)
+    # the seed's half-width is quantize.half_width's default, 0.05; window ignores the rest
+    dvc("exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.bits=8", cwd=repo)
     q = read_json(repo / "metrics/quant.json")
     assert q["r2"] == pytest.approx(SEED_WINDOW_R2, abs=5e-5)
     assert q["rmse"] == pytest.approx(SEED_WINDOW_RMSE, abs=5e-5)
@@ -93,29 +89,32 @@ def stored_bits(repo) -> int:
     return int(sh(["python", "-c", code], repo).stdout)
 
 
-# The training R² loss of the saved model at its own width and at one bit fewer.
+# The training R² loss of the saved model, and the smallest of every smaller candidate's.
 LOSSES = """
+import yaml
 from cali_reg.data import read_xy
 from cali_reg.model import FloatModel, QuantizedModel, load_model
-from cali_reg.quantize import quantize, training_loss
+from cali_reg.quantize import candidates, payload_bytes, quantize, training_loss
+params = yaml.safe_load(open("params.yaml"))["quantize"]
+settings = {k: params[k] for k in ("padding", "half_width", "rounding", "refit_intercept")}
 f = load_model("models/float.json", expect=FloatModel)
 q = load_model("models/quant.json", expect=QuantizedModel)
 X, y = read_xy("data/train.csv")
-narrower = quantize(f.coef, f.intercept, scheme="pow2", bits=q.bits - 1, rounding="optimal",
-                    refit_intercept=True, calibration=(X, y), feature_names=f.feature_names)
+smaller = [quantize(f.coef, f.intercept, scheme=s, bits=b, calibration=(X, y),
+                    feature_names=f.feature_names, **settings)
+           for s, b in candidates("auto", "auto", 8) if payload_bytes(s, b, 8) < q.payload_bytes]
 print(training_loss(q, f.coef, f.intercept, X, y))
-print(training_loss(narrower, f.coef, f.intercept, X, y))
+print(min(training_loss(m, f.coef, f.intercept, X, y) for m in smaller))
 """
 
 
-def test_default_run_picks_the_fewest_bits_within_the_margin(built_repo):
+def test_default_run_picks_the_smallest_payload_within_the_margin(built_repo):
     params = yaml.safe_load((built_repo / "params.yaml").read_text())["quantize"]
-    assert params["scheme"] == "pow2" and params["rounding"] == "optimal" and params["margin"] > 0
+    assert params["scheme"] == params["bits"] == "auto" and params["margin"] > 0
     q = read_json(built_repo / "metrics/quant.json")
-    assert 2 < q["bits"] == stored_bits(built_repo) < params["bits"]
-    assert q["payload_bytes"] == -(-8 * q["bits"] // 8) + 8 + 4  # codes, int8 exponents, float32
-    loss, narrower_loss = map(float, sh(["python", "-c", LOSSES], built_repo).stdout.split())
-    assert loss <= params["margin"] < narrower_loss
+    assert q["bits"] == stored_bits(built_repo) and q["payload_bytes"] <= 12
+    loss, smaller_loss = map(float, sh(["python", "-c", LOSSES], built_repo).stdout.split())
+    assert loss <= params["margin"] < smaller_loss
 
 
 def test_default_quantize_prints_nothing(repo):
@@ -123,15 +122,14 @@ def test_default_quantize_prints_nothing(repo):
     assert proc.stdout == proc.stderr == ""
 
 
-def test_margin_0_keeps_the_bits_and_meets_the_8_bit_target(repo):
-    dvc("exp", "run", "-S", "quantize.margin=0", cwd=repo)
+def test_pow2_at_8_bits_meets_the_8_bit_target(repo):
+    dvc("exp", "run", "-S", "quantize.scheme=pow2", "-S", "quantize.bits=8", cwd=repo)
     check_target(repo, 8)
 
 
-def test_default_scheme_meets_the_4_bit_target(repo):
-    out = dvc("exp", "run", "-S", "quantize.bits=4", "-S", "quantize.margin=0", cwd=repo).stdout
-    # evaluate and card are skipped if the default margin already chose this very model
-    assert "quantize" in stages_run(out) <= {"quantize", "evaluate", "card"}
+def test_pow2_at_4_bits_meets_the_4_bit_target(repo):
+    out = dvc("exp", "run", "-S", "quantize.scheme=pow2", "-S", "quantize.bits=4", cwd=repo).stdout
+    assert stages_run(out) == {"quantize", "evaluate", "card"}
     check_target(repo, 4)
 
 
@@ -140,26 +138,37 @@ def test_a_larger_margin_gives_a_smaller_model_and_metrics_diff_shows_it(repo):
     out = dvc("exp", "run", "-S", "quantize.margin=0.01", cwd=repo).stdout
     assert stages_run(out) == {"quantize", "evaluate", "card"}
     after = read_json(repo / "metrics/quant.json")
-    assert after["bits"] < before["bits"] and after["payload_bytes"] < before["payload_bytes"]
-    assert after["r2"] != before["r2"]
+    assert after["payload_bytes"] < before["payload_bytes"] and after["r2"] != before["r2"]
     diff = dvc("metrics", "diff", "--json", cwd=repo).stdout
     changed = json.loads(diff)["metrics/quant.json"]
-    assert {"bits", "payload_bytes", "r2"} <= set(changed)
-    assert (changed["bits"]["old"], changed["bits"]["new"]) == (before["bits"], after["bits"])
+    assert {"payload_bytes", "r2"} <= set(changed)
+    assert changed["payload_bytes"] == {
+        "old": before["payload_bytes"],
+        "new": after["payload_bytes"],
+        "diff": after["payload_bytes"] - before["payload_bytes"],
+    }
 
 
-def test_margin_0_is_refused_by_the_schemes_whose_grid_it_sizes(repo):
-    set_params(repo, quantize={"scheme": "window", "margin": 0})
+def test_a_width_the_format_does_not_offer_is_refused_in_one_line(repo):
+    set_params(repo, quantize={"scheme": "e3_t4_fix12", "bits": 3})
     proc = sh(["python", "-m", "stages.quantize"], repo, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.count("\n") == 1 and "quantize.margin = 0" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "quantize.bits = 3 is not allowed" in proc.stderr
 
 
 def test_experiment_reruns_only_quantize_evaluate_and_card(repo):
     float_before = (repo / "metrics/float.json").read_text()
     quant_before = read_json(repo / "metrics/quant.json")
     out = dvc(
-        "exp", "run", "-S", "quantize.scheme=window", "-S", "quantize.margin=0.01", cwd=repo
+        "exp",
+        "run",
+        "-S",
+        "quantize.scheme=window",
+        "-S",
+        "quantize.bits=8",
+        "-S",
+        "quantize.half_width=0.01",
+        cwd=repo,
     ).stdout
     assert stages_run(out) == {"quantize", "evaluate", "card"}
     assert (repo / "metrics/float.json").read_text() == float_before
@@ -169,7 +178,7 @@ def test_experiment_reruns_only_quantize_evaluate_and_card(repo):
     diff = dvc("metrics", "diff", cwd=repo).stdout
     assert "metrics/quant.json" in diff and "metrics/float.json" not in diff
     shown = dvc("exp", "show", "--md", cwd=repo).stdout
-    assert "quantize.margin" in shown
+    assert "quantize.half_width" in shown
 
 
 @pytest.mark.slow
@@ -243,6 +252,9 @@ BAD_PARAMS = [
     ("quantize", "bits", 1, "quantize.bits"),
     ("quantize", "bits", 17, "quantize.bits"),
     ("quantize", "bits", 8.0, "quantize.bits"),
+    ("quantize", "bits", "eight", "quantize.bits"),
+    ("quantize", "padding", 0, "quantize.padding"),
+    ("quantize", "half_width", -0.05, "quantize.half_width"),
     ("quantize", "margin", "0.1", "quantize.margin"),
     ("quantize", "margin", -0.1, "quantize.margin"),
     ("quantize", "scheme", "nonsense", "quantize.scheme"),
@@ -297,10 +309,11 @@ def test_offline_without_cache_says_to_set_scikit_learn_data(repo, tmp_path, mon
 
 
 def _drop_last_feature(doc):
-    """A well-formed pow2 model file for one feature fewer than the pipeline has."""
+    """A well-formed model file (packed codes; per-feature exponents, if any) one feature short."""
     n, bits = len(doc["feature_names"]), doc["bits"]
     doc["feature_names"].pop()
-    doc["arrays"]["exponents"]["values"].pop()
+    if "exponents" in doc["arrays"]:
+        doc["arrays"]["exponents"]["values"].pop()
     fields = unpack_fields(np.array(doc["arrays"]["codes"]["values"], np.uint8), bits, n)
     doc["arrays"]["codes"]["values"] = pack_fields(fields[:-1], bits).tolist()
 

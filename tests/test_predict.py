@@ -286,8 +286,8 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
     np.testing.assert_array_equal(np.round(floats, 6), plotted[:, 1])
     # and within rounding error of scikit-learn's own predict (which goes through BLAS)
     code = (
-        "from cali_reg.train import load_estimator; from cali_reg.data import read_xy; "
-        "m = load_estimator('models/float.joblib'); "
+        "import joblib; from cali_reg.data import read_xy; "
+        "m = joblib.load('models/float.joblib'); "
         "print(*m.predict(read_xy('data/test.csv')[0]).tolist())"
     )
     sklearn_pred = values(sh([sys.executable, "-c", code], built_repo).stdout)

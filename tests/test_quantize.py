@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 from cali_reg import model as mdl
 from cali_reg import quantize as qz
 from cali_reg.errors import ModelFileError, UserError
+from cali_reg.formats import FORMATS, FormatLimitError
+from cali_reg.formats import pow2 as p2
+from cali_reg.formats.common import pack_fields, packed_length, unpack_fields
+from cali_reg.lattice import costs, quadratic_cost, round_codes
 
 NAMES = tuple(f"f{i}" for i in range(5))
 
@@ -28,7 +32,9 @@ def random_model(seed, n=None):
 @pytest.mark.parametrize("margin", [0.01, 0.05, 0.5])
 def test_window_codes_in_range_and_error_within_half_step(bits, margin):
     coef, intercept = random_model(bits * 100 + int(margin * 100))
-    m = qz.quantize(coef, intercept, scheme="window", bits=bits, margin=margin, feature_names=NAMES)
+    m = qz.quantize(
+        coef, intercept, scheme="window", bits=bits, half_width=margin, feature_names=NAMES
+    )
     codes = m.arrays["codes"]
     assert codes.dtype == (np.uint8 if bits <= 8 else np.uint16)
     assert codes.max() < 2**bits
@@ -51,7 +57,7 @@ def test_window_reproduces_seed_arithmetic():
         -37.0233,
         scheme="window",
         bits=8,
-        margin=0.05,
+        half_width=0.05,
         feature_names=("a", "b", "c"),
     )
     assert m.arrays["codes"].tolist() == [128] * 4
@@ -64,7 +70,7 @@ def test_more_bits_or_smaller_margin_means_smaller_error():
 
     def err(bits, margin):
         m = qz.quantize(
-            coef, intercept, scheme="window", bits=bits, margin=margin, feature_names=NAMES
+            coef, intercept, scheme="window", bits=bits, half_width=margin, feature_names=NAMES
         )
         return np.abs(np.append(m.coef, m.intercept) - params).max()
 
@@ -74,7 +80,7 @@ def test_more_bits_or_smaller_margin_means_smaller_error():
 
 def test_predict_is_dequantised_linear_model():
     coef, intercept = random_model(3)
-    m = qz.quantize(coef, intercept, scheme="window", bits=8, margin=0.05, feature_names=NAMES)
+    m = qz.quantize(coef, intercept, scheme="window", bits=8, half_width=0.05, feature_names=NAMES)
     X = np.random.default_rng(0).normal(size=(50, len(NAMES)))
     np.testing.assert_allclose(m.predict(X), X @ m.coef + m.intercept)
     with pytest.raises(UserError, match="expected rows of 5 features"):
@@ -111,7 +117,7 @@ def test_linear_predict_gives_a_row_the_same_bits_in_any_batch():
 
 def test_file_round_trip_is_exact(tmp_path):
     coef, intercept = random_model(11)
-    m = qz.quantize(coef, intercept, scheme="window", bits=12, margin=0.02, feature_names=NAMES)
+    m = qz.quantize(coef, intercept, scheme="window", bits=12, half_width=0.02, feature_names=NAMES)
     path = tmp_path / "q.json"
     path.write_text(mdl.dumps(m))
     back = mdl.load_model(path)
@@ -125,7 +131,7 @@ def test_file_round_trip_is_exact(tmp_path):
 def _saved(tmp_path, edit):
     coef, intercept = random_model(5)
     doc = mdl.QuantizedModel.to_dict(
-        qz.quantize(coef, intercept, scheme="window", bits=8, margin=0.05, feature_names=NAMES)
+        qz.quantize(coef, intercept, scheme="window", bits=8, half_width=0.05, feature_names=NAMES)
     )
     edit(doc)
     path = tmp_path / "q.json"
@@ -189,15 +195,17 @@ def names(n):
 
 
 def quantized(coef, scheme, bits, margin, **kw):
+    """A model of ``scheme``; ``margin`` sizes the grid of the format that reads one."""
+    sizes = {"padding": margin, "half_width": margin}
     return qz.quantize(
-        coef, 1.5, scheme=scheme, bits=bits, margin=margin, feature_names=names(len(coef)), **kw
+        coef, 1.5, scheme=scheme, bits=bits, feature_names=names(len(coef)), **sizes, **kw
     )
 
 
 def signed_codes(m):
     """The integer codes of a sound-scheme model, read back from the packed bytes."""
     n = len(m.feature_names)
-    fields = mdl.unpack_fields(m.arrays["codes"], m.bits, n)
+    fields = unpack_fields(m.arrays["codes"], m.bits, n)
     if m.scheme == "affine":
         return fields - int(m.arrays["zero_point"][0])
     return np.where(fields >= 2 ** (m.bits - 1), fields - 2**m.bits, fields)
@@ -252,7 +260,10 @@ def test_zero_dequantises_to_exactly_zero(coef, scheme, bits, margin, zeros):
 
 @PROPERTY
 @given(
-    coef=coef_vectors, scheme=st.sampled_from(tuple(qz.SCHEMES)), bits=bit_widths, margin=margins
+    coef=coef_vectors,
+    scheme=st.sampled_from(("window", "affine", "pow2")),
+    bits=bit_widths,
+    margin=margins,
 )
 def test_deterministic_and_file_round_trip_exact(tmp_path_factory, coef, scheme, bits, margin):
     m = quantized(coef, scheme, bits, margin)
@@ -272,9 +283,9 @@ def test_deterministic_and_file_round_trip_exact(tmp_path_factory, coef, scheme,
 @given(n=st.integers(1, 8), bits=bit_widths, seed=st.integers(0, 2**32 - 1))
 def test_pack_fields_round_trip(n, bits, seed):
     fields = np.random.default_rng(seed).integers(0, 2**bits, n)
-    packed = qz.pack_fields(fields, bits)
-    assert packed.dtype == np.uint8 and len(packed) == mdl.packed_length(n, bits)
-    np.testing.assert_array_equal(mdl.unpack_fields(packed, bits, n), fields)
+    packed = pack_fields(fields, bits)
+    assert packed.dtype == np.uint8 and len(packed) == packed_length(n, bits)
+    np.testing.assert_array_equal(unpack_fields(packed, bits, n), fields)
 
 
 def regression_data(seed, n, rows=60):
@@ -338,13 +349,13 @@ def test_refitted_intercept_zeroes_the_mean_training_residual(scheme):
 
 def test_window_ignores_rounding_and_refit():
     X, y, coef = regression_data(1, 4)
-    plain = qz.quantize(coef, 2.0, scheme="window", bits=8, margin=0.05, feature_names=names(4))
+    plain = qz.quantize(coef, 2.0, scheme="window", bits=8, half_width=0.05, feature_names=names(4))
     asked = qz.quantize(
         coef,
         2.0,
         scheme="window",
         bits=8,
-        margin=0.05,
+        half_width=0.05,
         feature_names=names(4),
         rounding="error_aware",
         refit_intercept=True,
@@ -356,7 +367,11 @@ def test_window_ignores_rounding_and_refit():
 @pytest.mark.parametrize(
     "kw,message",
     [
-        ({"scheme": "affine", "margin": None}, "needs a margin > 0"),
+        ({"scheme": "affine", "padding": None}, "needs padding > 0"),
+        ({"scheme": "window", "half_width": 0}, "needs half_width > 0"),
+        ({"scheme": "pow2", "margin": 0.05}, "unknown setting 'margin'"),
+        ({"scheme": "e3_t4_fix12"}, "choose their codes on calibration"),
+        ({"scheme": "e3_t4_fix12", "bits": 3}, "from 4 to 12 under e3_t4_fix12"),
         ({"scheme": "pow2", "rounding": "floor"}, "rounding must be one of"),
         ({"scheme": "pow2", "refit_intercept": True}, "need calibration"),
         (
@@ -372,7 +387,7 @@ def test_window_ignores_rounding_and_refit():
     ],
 )
 def test_quantize_refuses_bad_arguments(kw, message):
-    args = {"bits": 4, "margin": 0.05, "feature_names": NAMES} | kw
+    args = {"bits": 4, "padding": 0.05, "half_width": 0.05, "feature_names": NAMES} | kw
     with pytest.raises(ValueError, match=message):
         qz.quantize(np.ones(len(NAMES)), 0.0, **args)
 
@@ -384,14 +399,14 @@ def test_pow2_flushes_a_coefficient_below_the_int8_exponent_to_within_half_a_ste
 
 
 def test_pow2_refuses_a_coefficient_beyond_the_int8_exponent():
-    with pytest.raises(ValueError, match="too large for the pow2 scheme"):
+    with pytest.raises(ValueError, match="too large for pow2"):
         qz.quantize([1e300], 0.0, scheme="pow2", bits=8, feature_names=("a",))
 
 
 def _saved_sound(tmp_path, scheme, bits, edit):
     coef, intercept = random_model(5)
     doc = mdl.QuantizedModel.to_dict(
-        qz.quantize(coef, intercept, scheme=scheme, bits=bits, margin=0.05, feature_names=NAMES)
+        qz.quantize(coef, intercept, scheme=scheme, bits=bits, padding=0.05, feature_names=NAMES)
     )
     edit(doc)
     path = tmp_path / "q.json"
@@ -445,10 +460,22 @@ def test_tampered_sound_files_are_refused_with_one_line(tmp_path, scheme, bits, 
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("scheme", tuple(qz.SCHEMES))
+@pytest.mark.parametrize("scheme", tuple(FORMATS))
 def test_inference_from_the_file_needs_numpy_only(tmp_path, scheme):
     coef, intercept = random_model(2)
-    m = qz.quantize(coef, intercept, scheme=scheme, bits=4, margin=0.05, feature_names=NAMES)
+    coef = coef / np.abs(coef).max()  # within the 4-bit-exponent formats' range
+    X = np.random.default_rng(2).normal(size=(40, len(NAMES)))
+    y = X @ coef + intercept + np.random.default_rng(3).normal(0, 0.1, 40)
+    m = qz.quantize(
+        coef,
+        intercept,
+        scheme=scheme,
+        bits=FORMATS[scheme].bits[-1] // 2 + 2,
+        padding=0.05,
+        half_width=0.05,
+        feature_names=NAMES,
+        calibration=(X, y),
+    )
     path = tmp_path / "q.json"
     path.write_text(mdl.dumps(m))
     code = (
@@ -508,17 +535,17 @@ def test_optimal_rounding_never_fits_worse_than_error_aware(seed, n, scheme, bit
 def test_closest_codes_equal_a_brute_force_search_over_the_whole_grid(seed, n, bits, refit, wide):
     X, y, coef = regression_data(seed, n)
     # a grid one exponent too fine on some coefficients clips their codes: the hard case
-    grid = qz.pow2_grid(coef, bits)
+    grid = p2.grid(coef, bits)
     if wide:
         e = grid.stored["exponents"].astype(int) - np.random.default_rng(seed).integers(0, 2, n)
-        grid = qz._pow2_grid_of(e, bits)
+        grid = p2.grid_of(e, bits)
     intercept = None if refit else 1.5
-    codes = qz.round_codes(grid, coef, "optimal", (X, y), intercept)
+    codes = round_codes(grid, coef, "optimal", (X, y), intercept)
     qmax = 2 ** (bits - 1) - 1
     every = np.array(list(itertools.product(range(-qmax, qmax + 1), repeat=n)))
-    costs = qz.rounding_cost(every * grid.step - coef, coef, X, y, intercept)
-    mine = qz.rounding_cost((codes * grid.step - coef)[None], coef, X, y, intercept)[0]
-    assert mine <= costs.min() + 1e-9 * abs(costs.min()) + 1e-15
+    cost = costs(every * grid.step - coef, *quadratic_cost(coef, X, y, intercept))
+    mine = costs(codes * grid.step - coef, *quadratic_cost(coef, X, y, intercept))[0]
+    assert mine <= cost.min() + 1e-9 * abs(cost.min()) + 1e-15
     assert np.all(np.abs(codes) <= qmax)
 
 
@@ -526,11 +553,11 @@ def test_exponent_descent_never_fits_worse_than_the_fixed_grid_and_often_much_be
     gains = []
     for seed in range(10):
         X, y, coef = regression_data(seed, 8, rows=200)
-        fixed = qz.pow2_grid(coef, 3)
-        codes = qz.round_codes(fixed, coef, "optimal", (X, y))
-        before = qz.rounding_cost((codes * fixed.step - coef)[None], coef, X, y)[0]
-        grid, codes = qz.pow2_optimal(coef, 3, (X, y))
-        after = qz.rounding_cost((codes * grid.step - coef)[None], coef, X, y)[0]
+        fixed = p2.grid(coef, 3)
+        codes = round_codes(fixed, coef, "optimal", (X, y))
+        before = costs(codes * fixed.step - coef, *quadratic_cost(coef, X, y))[0]
+        grid, codes = p2.optimal_grid(coef, 3, (X, y))
+        after = costs(codes * grid.step - coef, *quadratic_cost(coef, X, y))[0]
         assert after <= before
         gains.append(after < 0.8 * before)
         m = quantized(
@@ -578,37 +605,94 @@ def test_the_margin_picks_the_fewest_bits_whose_training_loss_is_within_it(margi
         "refit_intercept": True,
         "calibration": (X, y),
     }
-    m = qz.quantize_within(coef, 1.5, bits=12, margin=margin, **kw)
+    m = qz.quantize_within(coef, 1.5, bits="auto", margin=margin, **kw)
     losses = {
         b: qz.training_loss(qz.quantize(coef, 1.5, bits=b, **kw), coef, 1.5, X, y)
-        for b in range(2, 13)
+        for b in range(2, 17)
     }
     within = [b for b, loss in losses.items() if loss <= margin]
-    expected = 12 if margin == 0 or not within else min(within)
+    # none within: the most accurate width (the first of equal losses)
+    expected = min(within) if within else min(losses, key=lambda b: (losses[b], b))
     assert m.bits == expected
     assert mdl.dumps(m) == mdl.dumps(qz.quantize(coef, 1.5, bits=expected, **kw))
     if margin == 10.0:
         assert m.bits == 2
 
 
-def test_the_margin_keeps_its_grid_meaning_for_window_and_affine():
+def housing_like(seed=0, rows=400):
+    """A model whose coefficients and intercept fit the 4-bit-exponent formats' range."""
+    X, _, coef = regression_data(seed, 8, rows=rows)
+    coef = coef / np.abs(coef).max() * 0.7
+    return X, X @ coef + 3.0 + np.random.default_rng(seed).normal(0, 0.3, rows), coef
+
+
+@pytest.mark.parametrize("margin", [1e-4, 1e-3, 1e-2])
+def test_auto_picks_the_smallest_payload_within_the_margin_across_all_formats(margin):
+    X, y, coef = housing_like()
+    kw = {
+        "feature_names": names(8),
+        "calibration": (X, y),
+        "padding": 0.05,
+        "half_width": 0.05,
+        "rounding": "optimal",
+        "refit_intercept": True,
+    }
+    m = qz.quantize_within(coef, 3.0, scheme="auto", bits="auto", margin=margin, **kw)
+    loss = qz.training_loss(m, coef, 3.0, X, y)
+    assert loss <= margin
+    # every smaller candidate, of any format, loses more than the margin
+    for scheme, fmt in FORMATS.items():
+        for bits in fmt.bits:
+            if qz.payload_bytes(scheme, bits, 8) < m.payload_bytes:
+                other = qz.quantize(coef, 3.0, scheme=scheme, bits=bits, **kw)
+                assert qz.training_loss(other, coef, 3.0, X, y) > margin, (scheme, bits)
+    assert mdl.dumps(m) == mdl.dumps(
+        qz.quantize_within(coef, 3.0, scheme="auto", bits="auto", margin=margin, **kw)
+    )
+
+
+def test_auto_skips_a_format_whose_range_the_model_does_not_fit():
+    X, y, coef = housing_like(1)
+    y = y + 5000.0  # an intercept far beyond 12 bits of fixed point at this scale
+    kw = {"feature_names": names(8), "calibration": (X, y)}
+    with pytest.raises(FormatLimitError, match="e3_t4_fix12 cannot hold this model") as info:
+        qz.quantize(coef, 5003.0, scheme="e3_t4_fix12", bits=8, **kw)
+    assert "\n" not in str(info.value)
+    m = qz.quantize_within(coef, 5003.0, scheme="auto", bits="auto", margin=0.01, **kw)
+    assert m.scheme not in ("e3_t4_fix12", "e2_t4_fix12")
+    assert qz.training_loss(m, coef, 5003.0, X, y) <= 0.01
+
+
+def test_fixed_scheme_and_bits_ignore_the_margin():
     coef, intercept = random_model(6)
     for scheme in ("window", "affine"):
-        kw = {"scheme": scheme, "bits": 6, "margin": 0.05, "feature_names": NAMES}
-        assert mdl.dumps(qz.quantize_within(coef, intercept, **kw)) == mdl.dumps(
+        kw = {"scheme": scheme, "bits": 6, "feature_names": NAMES, "padding": 0.05}
+        kw["half_width"] = 0.05
+        assert mdl.dumps(qz.quantize_within(coef, intercept, margin=0.0, **kw)) == mdl.dumps(
             qz.quantize(coef, intercept, **kw)
         )
+
+
+def test_candidates_are_ordered_by_payload_then_registry_then_bits():
+    pairs = qz.candidates("auto", "auto", 8)
+    sizes = [qz.payload_bytes(s, b, 8) for s, b in pairs]
+    assert sizes == sorted(sizes) and len(pairs) == sum(len(f.bits) for f in FORMATS.values())
+    assert pairs[0] == ("e3_t4_fix12", 4)  # 4 bytes of codes and the 2-byte header
+    assert qz.candidates("pow2", 4, 8) == [("pow2", 4)]
+    assert all(b == 9 for _, b in qz.candidates("auto", 9, 8))
 
 
 def test_quantize_within_refuses_bad_arguments():
     coef, intercept = random_model(6)
     kw = {"scheme": "pow2", "feature_names": NAMES, "rounding": "optimal"}
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 16"):
+    with pytest.raises(ValueError, match="bits must be an integer from 2 to 16 under pow2"):
         qz.quantize_within(coef, intercept, bits=17, margin=0.01, **kw)
-    with pytest.raises(ValueError, match="margin must be >= 0"):
-        qz.quantize_within(coef, intercept, bits=8, margin=-0.01, **kw)
-    with pytest.raises(ValueError, match="need calibration"):
-        qz.quantize_within(coef, intercept, bits=8, margin=0.01, **kw)
+    with pytest.raises(ValueError, match="bits must be 'auto' or an integer from 2 to 16"):
+        qz.quantize_within(coef, intercept, **(kw | {"scheme": "auto"}), bits=17, margin=0.01)
+    with pytest.raises(ValueError, match="margin must be a number >= 0"):
+        qz.quantize_within(coef, intercept, bits="auto", margin=-0.01, **kw)
+    with pytest.raises(ValueError, match="pass calibration"):
+        qz.quantize_within(coef, intercept, bits="auto", margin=0.01, **kw)
 
 
 @pytest.mark.parametrize("refit", [True, False])

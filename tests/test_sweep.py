@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cali_reg import sweep
-from cali_reg.model import DECODERS
-from cali_reg.quantize import SCHEMES
+from cali_reg.formats import FORMATS
 from tests.conftest import dvc, read_json
 
 
@@ -18,30 +17,35 @@ def sweep_table(repo) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_sweep_covers_every_scheme_margin_and_bit_width(built_repo):
+def test_sweep_covers_every_format_setting_and_bit_width(built_repo):
     rows = sweep_table(built_repo)
     assert list(rows[0]) == list(sweep.COLUMNS)
     grid = sweep.variants()
+    # the default model fits every format's range: no width is left out
     assert [(r["variant"], int(r["bits"])) for r in rows] == [
-        (name, bits) for name in grid for bits in sweep.BITS
+        (name, bits) for name, v in grid.items() for bits in FORMATS[v["scheme"]].bits
     ]
-    for scheme, spec in SCHEMES.items():
+    for scheme, fmt in FORMATS.items():
         settings = [v for v in grid.values() if v["scheme"] == scheme]
-        if spec.uses_margin:
-            assert {v["margin"] for v in settings} == set(sweep.MARGINS)
-        if spec.refines:
+        if "half_width" in fmt.reads:
+            assert {v["half_width"] for v in settings} == set(sweep.HALF_WIDTHS)
+        if "padding" in fmt.reads:
+            assert {v["padding"] for v in settings} == set(sweep.PADDINGS)
+        if "rounding" in fmt.reads:
             assert {(v["rounding"], v["refit_intercept"]) for v in settings} == set(
                 sweep.REFINEMENTS
             )
+        if not fmt.reads:
+            assert settings == [{"scheme": scheme}]
     for row in rows:
         settings = grid[row["variant"]]
-        # payload = the stored arrays of the scheme's file layout, nothing else
-        layout = DECODERS[settings["scheme"]].layout(8, int(row["bits"]))
+        # payload = the stored arrays of the format's file layout, nothing else
+        layout = FORMATS[settings["scheme"]].layout(8, int(row["bits"]))
         assert int(row["payload_bytes"]) == sum(d.itemsize * n for d, n in layout.values())
         assert "," not in row["label"] and row["label"] == sweep.label(settings)
-    # one featured variant per scheme: the lines of the plot
+    # one featured variant per format: the lines of the plot
     featured = {r["variant"] for r in rows if r["featured"] == "1"}
-    assert sorted(grid[v]["scheme"] for v in featured) == sorted(SCHEMES)
+    assert sorted(grid[v]["scheme"] for v in featured) == sorted(FORMATS)
 
 
 def test_the_pareto_front_is_the_featured_points_nothing_beats(built_repo):
@@ -64,18 +68,17 @@ def test_pareto_front_keeps_exactly_the_undominated_points(points):
 
 
 def test_sweep_scores_like_the_pipeline(built_repo):
-    """A sweep row at the pipeline's params is exactly what evaluate measured."""
+    """The sweep's row of the model the quantize stage chose is exactly what evaluate measured."""
     rows = sweep_table(built_repo)
+    doc = read_json(built_repo / "models/quant.json")
     params = yaml.safe_load((built_repo / "params.yaml").read_text())["quantize"]
     name = next(
         n
         for n, v in sweep.variants().items()
-        if v["scheme"] == params["scheme"]
-        and v["rounding"] == params["rounding"]
-        and v["refit_intercept"] == params["refit_intercept"]
-        and v["margin"] in (None, params["margin"])
+        if v["scheme"] == doc["scheme"]
+        and all(v[key] == params[key] for key in FORMATS[doc["scheme"]].reads)
     )
-    q = read_json(built_repo / "metrics/quant.json")  # at the width quantize.margin chose
+    q = read_json(built_repo / "metrics/quant.json")
     row = next(r for r in rows if r["variant"] == name and int(r["bits"]) == q["bits"])
     f = read_json(built_repo / "metrics/float.json")
     assert [int(row["payload_bytes"]), float(row["r2"]), float(row["rmse"])] == [
@@ -85,7 +88,7 @@ def test_sweep_scores_like_the_pipeline(built_repo):
     ]
     assert float(row["r2_loss"]) == pytest.approx(f["r2"] - q["r2"], abs=2e-6)
     # and the seed's scheme at 8 bits gives the seed's published figures
-    seed = next(r for r in rows if r["variant"] == "window-m0.05" and r["bits"] == "8")
+    seed = next(r for r in rows if r["variant"] == "window-h0.05" and r["bits"] == "8")
     assert seed["payload_bytes"] == "81" and float(seed["r2"]) == pytest.approx(0.4854, abs=5e-5)
 
 

@@ -53,6 +53,11 @@ ACCESS_LOGS = ("text", "json", "off")
 # How the parent process hands its settings to granian's worker processes.
 ENV = "CALI_REG_SERVE"
 _JSON = "application/json"
+_STDERR_HANDLER = {
+    "formatter": "generic",
+    "class": "logging.StreamHandler",
+    "stream": "ext://sys.stderr",
+}
 _LOG_PATH_CHARS = 512  # a log line stays one atomic write (below PIPE_BUF) whatever the path
 
 
@@ -215,7 +220,8 @@ class App:
             headers.append(("connection", "close"))
         elif status == 405:
             headers.append(("allow", ", ".join(route.methods)))
-        proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
+        # Counted and logged before the answer leaves: a client that reads /metrics or
+        # the log right after its answer finds its request there.
         seconds = time.perf_counter() - start
         if metrics is not None:
             metrics.in_flight.dec()
@@ -231,6 +237,7 @@ class App:
         if self.access_log is not None:
             line = access_line(self.access_log, scope.method, scope.path, status, seconds, rows)
             os.write(1, line.encode("utf-8", "replace"))
+        proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
 
     def _not_found(self, path: str):
         return self.scoring.ClientError(
@@ -473,6 +480,8 @@ def main(args: argparse.Namespace) -> None:
         # SIGTERM lets requests in flight finish; a worker still busy after this is killed.
         workers_kill_timeout=args.timeout + 5,
         log_access=False,
+        # granian's own messages go to stderr: stdout is the access log alone
+        log_dictconfig={"handlers": dict.fromkeys(("console", "access"), _STDERR_HANDLER)},
     )
     try:
         server.serve()

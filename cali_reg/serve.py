@@ -107,28 +107,39 @@ def route_of(path: str, v2_route) -> Route | None:
 # --- the access log ----------------------------------------------------------------------
 
 
-def access_line(fmt: str, method: str, path: str, status: int, seconds: float, rows: int) -> str:
+class _Clock:
+    """The access log's time stamp; its text is rebuilt once a second, not per request."""
+
+    second, text = -1, ""
+
+    def stamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((now - second) * 1000):03d}Z"
+
+
+_clock = _Clock()
+
+
+def access_line(fmt: str, method: str, path: str, status: int, seconds: float, rows: int) -> bytes:
     """One access-log line: time (UTC), method, path, status, duration and rows predicted."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    stamp = _clock.stamp()
     path = path[:_LOG_PATH_CHARS]
     ms = round(seconds * 1000, 3)
     if fmt == "json":
-        return (
-            json.dumps(
-                {
-                    "time": stamp,
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": ms,
-                    "rows": rows,
-                },
-                ensure_ascii=True,
-            )
-            + "\n"
-        )
-    return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n"
+        line = {
+            "time": stamp,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": ms,
+            "rows": rows,
+        }
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n".encode("utf-8", "replace")
 
 
 # --- the application ----------------------------------------------------------------------
@@ -236,7 +247,7 @@ class App:
             )
         if self.access_log is not None:
             line = access_line(self.access_log, scope.method, scope.path, status, seconds, rows)
-            os.write(1, line.encode("utf-8", "replace"))
+            os.write(1, line)
         proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
 
     def _not_found(self, path: str):

@@ -803,3 +803,64 @@ def test_no_metrics_and_no_access_log(id_server):
     status, _, doc = id_server.request("GET", "/metrics")
     assert status == 404 and "--no-metrics" in doc["message"]
     assert id_server.access_log() == []
+
+
+# --- the app in process: what a bug logs, and what a client mistake does not ---------------
+
+
+class FakeScope:
+    proto, method = "http", "POST"
+
+    def __init__(self, path, body):
+        self.path = path
+        self.headers = {"content-type": "application/json", "content-length": str(len(body))}
+
+
+class FakeProto:
+    def __init__(self, body):
+        self.body = body
+
+    async def __call__(self):
+        return self.body
+
+    def response_bytes(self, status, headers, body):
+        self.answer = (status, dict(headers), json.loads(body) if body else None)
+
+
+def call(app, path, body: bytes):
+    import asyncio
+
+    proto = FakeProto(body)
+    asyncio.run(app.__rsgi__(FakeScope(path, body), proto))
+    return proto.answer
+
+
+def test_a_bug_is_a_500_with_its_traceback_in_the_log_and_a_4xx_is_not(
+    tmp_path, monkeypatch, capfd
+):
+    from cali_reg import scoring, serve
+    from cali_reg.model import FloatModel, dumps
+
+    path = tmp_path / "float.json"
+    path.write_text(dumps(FloatModel(FEATURES, np.ones(8), 0.0)))
+    app = serve.App(path, access_log="json")
+    status, _, doc = call(app, "/invocations", b'{"dataframe_records": []}')
+    assert status == 400
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out)["status"] == 400
+
+    def bug(*args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(scoring, "invocations", bug)
+    monkeypatch.setattr(scoring, "v2_infer", bug)
+    body = json.dumps({"dataframe_records": _records()}).encode()
+    status, _, doc = call(app, "/invocations", body)
+    assert (status, doc["error_code"]) == (500, "INTERNAL_ERROR")
+    assert "ZeroDivisionError" in doc["message"] and "Traceback" not in doc["message"]
+    status, _, doc = call(app, "/v2/models/float-model/infer", body)
+    assert status == 500 and set(doc) == {"error"}
+    captured = capfd.readouterr()
+    assert captured.err.count("Traceback") == 2 and "ZeroDivisionError: a bug" in captured.err
+    assert [json.loads(line)["status"] for line in captured.out.splitlines()] == [500, 500]

@@ -864,3 +864,25 @@ def test_a_bug_is_a_500_with_its_traceback_in_the_log_and_a_4xx_is_not(
     captured = capfd.readouterr()
     assert captured.err.count("Traceback") == 2 and "ZeroDivisionError: a bug" in captured.err
     assert [json.loads(line)["status"] for line in captured.out.splitlines()] == [500, 500]
+
+
+def test_a_model_file_with_features_permuted_serves_what_the_original_does(built_repo, tmp_path):
+    doc = json.loads((built_repo / "models/float.json").read_text())
+    for values in (doc["feature_names"], doc["coef"], *doc["training_range"].values()):
+        values[0], values[1], values[7] = values[7], values[0], values[1]
+    permuted = tmp_path / "permuted.json"
+    permuted.write_text(json.dumps(doc))
+    text = (built_repo / "data/sample.csv").read_text()
+    want = sh(
+        [sys.executable, "-m", "cali_reg", "predict", "--model", "float"], built_repo, input=text
+    ).stdout.split()
+    srv = Server(built_repo, "--model", str(permuted), "--workers", "1")
+    try:
+        status, answer = srv.post(text, "text/csv")
+        _, _, meta = srv.request("GET", "/v2/models/permuted")
+    finally:
+        srv.stop()
+    assert status == 200 and len(answer["predictions"]) == len(want) == 100
+    # the same sums in another order: equal but for the last bits of float addition
+    np.testing.assert_allclose(answer["predictions"], np.array(want, float), rtol=1e-13)
+    assert [t["name"] for t in meta["inputs"]] == doc["feature_names"]

@@ -57,7 +57,9 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"the server exited {self.proc.returncode}: {self.stderr()}")
+                message = self.stderr()
+                self.stop()
+                pytest.fail(f"the server exited {self.proc.returncode}: {message}")
             try:
                 if self.request("GET", "/ping")[0] == 200:
                     return
@@ -104,6 +106,7 @@ class Server:
                 self.proc.wait()
         for f in (self.log, self.errors):
             f.close()
+            Path(f.name).unlink(missing_ok=True)
         return self.proc.returncode
 
     def access_log(self) -> list[str]:

@@ -49,7 +49,7 @@ def test_a_file_without_training_range_still_loads(tmp_path):
 
 
 def test_a_quantised_file_keeps_the_training_range(tmp_path):
-    q = quantize(COEF, -37.0, scheme="window", bits=8, margin=0.05, feature_names=FEATURES)
+    q = quantize(COEF, -37.0, scheme="window", bits=8, half_width=0.05, feature_names=FEATURES)
     q.training_range = RANGE
     back = mdl.load_model(saved(tmp_path, q.to_dict()))
     np.testing.assert_array_equal(back.training_range.high, RANGE.high)
@@ -78,7 +78,7 @@ def test_a_malformed_schema_is_refused_at_load_in_one_line(tmp_path, edit, messa
 
 
 def test_a_repeated_name_in_a_quantised_file_is_refused(tmp_path):
-    q = quantize(COEF, -37.0, scheme="window", bits=8, margin=0.05, feature_names=FEATURES)
+    q = quantize(COEF, -37.0, scheme="window", bits=8, half_width=0.05, feature_names=FEATURES)
     doc = q.to_dict()
     doc["feature_names"][7] = "Latitude"
     with pytest.raises(ModelFileError, match="'Latitude' appears twice"):

@@ -427,7 +427,7 @@ def test_a_closed_pipe_ends_the_run_quietly(built_repo, tmp_path):
 # the predictions of some whole chunks before the first bad row, never one for it.
 
 FUZZ_MODEL = quantize(
-    np.linspace(-1, 1, 8), 0.5, scheme="window", bits=8, margin=0.05, feature_names=FEATURES
+    np.linspace(-1, 1, 8), 0.5, scheme="window", bits=8, half_width=0.05, feature_names=FEATURES
 )
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
 NO_NEWLINE = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))

@@ -42,7 +42,7 @@ def models(tmp_path):
         -37.0,
         TrainingRange(RANGE.low[SWAP], RANGE.high[SWAP]),
     )
-    quant = quantize(COEF, -37.0, scheme="window", bits=8, margin=0.05, feature_names=FEATURES)
+    quant = quantize(COEF, -37.0, scheme="window", bits=8, half_width=0.05, feature_names=FEATURES)
     quant.training_range = RANGE
     return {
         "float": scoring.load_served(write(tmp_path, original, "float.json")),

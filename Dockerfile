@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # numpy, and the server of `cali-reg serve` (its extra 'serve'), pinned as in
 # requirements.txt (tests/test_dockerfile.py keeps them equal).
-RUN pip install --no-cache-dir numpy==2.4.6 granian==2.8.7 orjson==3.13.0 \
+RUN pip install --no-cache-dir numpy==2.4.6 granian==2.8.7 orjson==3.13.0 prometheus-client==0.26.0 \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
 
 # The package, installed like any other (its one dependency, numpy, is already there).

@@ -139,3 +139,33 @@ def read_xy(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """Features and target from a data CSV with the ``COLUMNS`` header."""
     table = read_table(path, COLUMNS)
     return table[:, :-1], table[:, -1]
+
+
+def read_named(
+    path: Path | str, names: Sequence[str], model: str = "the model", target: str = TARGET
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features in the order of ``names`` (a model's feature_names) and the target.
+
+    The columns are found by name in the CSV header, so a model file that lists its
+    features (and coefficients) in another order is scored on the right columns. A
+    name the data does not have is one UserError line naming ``model``.
+    """
+    path = Path(path)
+    try:
+        with path.open() as fh:
+            header = fh.readline().rstrip("\r\n").split(",")
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run 'dvc repro' to build it") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read it ({err}); re-run 'dvc repro'") from None
+    for name in header:
+        if header.count(name) > 1:
+            raise UserError(f"{path}: column {name!r} appears more than once in its header")
+    for name in (*names, target):
+        if name not in header:
+            raise UserError(
+                f"{model} names feature {name!r}, which {path} does not have (its columns: "
+                f"{', '.join(header)}); the model was not made from this data"
+            )
+    table = read_table(path, header)
+    return table[:, [header.index(n) for n in names]], table[:, header.index(target)]

@@ -56,6 +56,67 @@ def linear_predict(X, coef, intercept) -> np.ndarray:
     return out
 
 
+# --- the schema every model file carries ---------------------------------------------
+
+
+class TrainingRange(NamedTuple):
+    """Each feature's smallest and largest value in the training data, in feature order."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"min": self.low.tolist(), "max": self.high.tolist()}
+
+
+def training_range_of(X) -> TrainingRange:
+    """The per-column range of the training rows ``X``."""
+    X = np.asarray(X, dtype=np.float64)
+    return TrainingRange(X.min(axis=0), X.max(axis=0))
+
+
+def check_feature_names(names: object, n_coef: int | None = None) -> tuple[str, ...]:
+    """The feature names as a tuple; ModelFileError for a list a model cannot be served by.
+
+    They are the model's input schema: input columns are matched to coefficients by
+    these names, so an empty or repeated name, or one name too many or too few for the
+    coefficients, would make that match ambiguous or wrong.
+    """
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)):
+        raise ModelFileError("feature_names must be a non-empty list of strings")
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise ModelFileError(f"feature_names[{i}] is empty; each feature needs a name")
+        if names.index(name) != i:
+            raise ModelFileError(f"feature name {name!r} appears twice in feature_names")
+    if n_coef is not None and n_coef != len(names):
+        raise ModelFileError(
+            f"feature_names holds {len(names)} names for {n_coef} coefficients; "
+            "each coefficient needs exactly one name"
+        )
+    return tuple(names)
+
+
+def training_range_from_dict(doc: object, n: int) -> TrainingRange | None:
+    """The ``training_range`` of a model file (None if it has none); ModelFileError if malformed."""
+    if doc is None:
+        return None
+    if not (
+        isinstance(doc, dict)
+        and set(doc) == {"min", "max"}
+        and _finite_numbers(doc["min"], n)
+        and _finite_numbers(doc["max"], n)
+    ):
+        raise ModelFileError(
+            f'training_range must be {{"min": [...], "max": [...]}} with {n} finite '
+            "numbers each, in feature order"
+        )
+    low, high = np.array(doc["min"], dtype=np.float64), np.array(doc["max"], dtype=np.float64)
+    if np.any(low > high):
+        raise ModelFileError("training_range: a feature's min is above its max")
+    return TrainingRange(low, high)
+
+
 def _check_rows(X, feature_names) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(feature_names):
@@ -75,6 +136,7 @@ class FloatModel(NamedTuple):
     feature_names: tuple[str, ...]
     coef: np.ndarray
     intercept: float
+    training_range: TrainingRange | None = None
     scheme = "float64"
     bits = 64
 
@@ -87,18 +149,21 @@ class FloatModel(NamedTuple):
         return linear_predict(_check_rows(X, self.feature_names), self.coef, self.intercept)
 
     def to_dict(self) -> dict:
-        return {
+        doc = {
             "feature_names": list(self.feature_names),
             "coef": self.coef.tolist(),
             "intercept": float(self.intercept),
         }
+        if self.training_range is not None:
+            doc["training_range"] = self.training_range.to_dict()
+        return doc
 
 
 def float_from_dict(doc: object) -> FloatModel:
     """A FloatModel from ``FloatModel.to_dict`` output; ModelFileError if anything is off."""
     names = doc.get("feature_names") if isinstance(doc, dict) else None
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-        raise ModelFileError("feature_names must be a non-empty list of strings")
+    coef = doc.get("coef") if isinstance(doc, dict) else None
+    names = check_feature_names(names, len(coef) if isinstance(coef, list) else None)
     if not (
         _finite_numbers(doc.get("coef"), len(names)) and _finite_numbers([doc.get("intercept")], 1)
     ):
@@ -106,7 +171,10 @@ def float_from_dict(doc: object) -> FloatModel:
             f"it does not hold {len(names)} finite coefficients and a finite intercept"
         )
     return FloatModel(
-        tuple(names), np.array(doc["coef"], dtype=np.float64), float(doc["intercept"])
+        names,
+        np.array(doc["coef"], dtype=np.float64),
+        float(doc["intercept"]),
+        training_range_from_dict(doc.get("training_range"), len(names)),
     )
 
 
@@ -221,15 +289,31 @@ class QuantizedModel:
     predictor and every stage a few milliseconds of start-up.
     """
 
-    __slots__ = ("arrays", "bits", "coef", "feature_names", "intercept", "scheme")
+    __slots__ = (
+        "arrays",
+        "bits",
+        "coef",
+        "feature_names",
+        "intercept",
+        "scheme",
+        "training_range",
+    )
 
-    def __init__(self, scheme: str, bits: int, feature_names: tuple[str, ...], arrays: dict):
+    def __init__(
+        self,
+        scheme: str,
+        bits: int,
+        feature_names: tuple[str, ...],
+        arrays: dict,
+        training_range: TrainingRange | None = None,
+    ):
         self.scheme, self.bits, self.feature_names, self.arrays = (
             scheme,
             bits,
             feature_names,
             arrays,
         )
+        self.training_range = training_range
         _check_quantized(self)
         coef, intercept = DECODERS[scheme].decode(arrays, bits, len(feature_names))
         # Inference runs in float64 on the decoded weights: no per-call decoding.
@@ -252,7 +336,7 @@ class QuantizedModel:
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict; floats as shortest round-trip decimals of their stored dtype."""
-        return {
+        doc = {
             "format": FORMAT,
             "version": VERSION,
             "scheme": self.scheme,
@@ -263,6 +347,9 @@ class QuantizedModel:
                 for name, a in self.arrays.items()
             },
         }
+        if self.training_range is not None:
+            doc["training_range"] = self.training_range.to_dict()
+        return doc
 
 
 def _check_quantized(model: QuantizedModel) -> None:
@@ -270,8 +357,7 @@ def _check_quantized(model: QuantizedModel) -> None:
         raise ModelFileError(f"unknown scheme {model.scheme!r}; known: " + ", ".join(DECODERS))
     if not (_is_int(model.bits) and 2 <= model.bits <= 16):
         raise ModelFileError(f"bits = {model.bits!r} must be an integer from 2 to 16")
-    if not (model.feature_names and all(isinstance(n, str) for n in model.feature_names)):
-        raise ModelFileError("feature_names must be a non-empty list of strings")
+    check_feature_names(model.feature_names)
     layout = DECODERS[model.scheme].layout(len(model.feature_names), model.bits)
     if set(model.arrays) != set(layout):
         raise ModelFileError(
@@ -311,7 +397,14 @@ def quantized_from_dict(doc: object) -> QuantizedModel:
             ):
                 raise ModelFileError(f"array {name!r} must be a list of numbers")
             arrays[name] = _exact_array(values, np.dtype(spec["dtype"]), name)
-        return QuantizedModel(doc["scheme"], doc["bits"], tuple(doc["feature_names"]), arrays)
+        names = check_feature_names(doc["feature_names"])
+        return QuantizedModel(
+            doc["scheme"],
+            doc["bits"],
+            names,
+            arrays,
+            training_range_from_dict(doc.get("training_range"), len(names)),
+        )
     except (KeyError, TypeError, AttributeError) as err:
         raise ModelFileError(f"malformed model file ({type(err).__name__}: {err})") from None
 
@@ -342,7 +435,9 @@ def from_dict(doc: object) -> Model:
         return quantized_from_dict(doc)
     if isinstance(doc, dict) and "coef" in doc:
         return float_from_dict(doc)
-    raise ModelFileError(f"neither a {FORMAT} file nor a float model (coef, intercept)")
+    raise ModelFileError(
+        f"not a model file: neither a {FORMAT} file nor a float model (coef, intercept)"
+    )
 
 
 def load_model(path: Path | str, expect: type | None = None) -> Model:
@@ -352,12 +447,22 @@ def load_model(path: Path | str, expect: type | None = None) -> Model:
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(f"{path} is missing: run 'dvc repro' to build it") from None
     except IsADirectoryError:
         raise ModelFileError(f"{path} is a directory, not a model file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read it ({err.strerror})") from None
+    if not data.lstrip().startswith(b"{"):
+        # CSV rows, a picture, a pickle: not a damaged model but another kind of file
+        raise ModelFileError(
+            f"{path} is not a model file (a cali-reg model is a JSON object, as "
+            "models/quant.json or models/float.json); give --model the model's path"
+        )
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
         raise ModelFileError(
             f"{path} is corrupt or truncated ({err}); re-run 'dvc repro' to rebuild it"
         ) from None

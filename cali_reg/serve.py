@@ -1,301 +1,132 @@
-"""The serve command: an HTTP server speaking MLflow's scoring protocol.
+"""The serve command: an HTTP server speaking MLflow's scoring protocol and KServe's V2.
 
     cali-reg serve [--host H] [--port P] [--model PATH|quant|float] [--workers N]
                    [--id-column NAME] [--max-body-bytes N] [--timeout SECONDS]
+                   [--strict-columns] [--strict-range] [--access-log text|json|off]
+                   [--no-metrics]
 
-``POST /invocations`` takes what ``mlflow models serve`` takes for a tabular
-model: ``application/json`` with exactly one of ``dataframe_split``,
-``dataframe_records``, ``instances`` or ``inputs``, or ``text/csv`` with a
-header naming the 8 features; it answers ``{"predictions": [...]}``, the same
-float64 values as ``cali-reg predict`` gives for the same rows (the parsing and
-checks are the predict command's). ``GET /ping`` and ``/health`` answer 200 once
-the model is loaded; ``GET /version`` and ``/metadata`` describe the model.
-A client mistake is a 4xx with ``{"error_code": ..., "message": ...}``.
+MLflow's protocol: ``POST /invocations``, ``GET /ping``, ``/health``, ``/version``,
+``/metadata``. The Open Inference Protocol (KServe V2, REST): ``GET /v2``,
+``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{version}]``
+and its ``/ready``, ``POST .../infer``. ``GET /metrics``: Prometheus' text format.
+What a request means is decided by ``cali_reg.scoring`` (pure functions); this
+module reads bodies, routes, answers, counts (``cali_reg.metrics``) and logs.
 
 The app is an RSGI application run by granian (a Rust HTTP server): measured
-against uvicorn and gunicorn on this app, it answered the most single-row
-requests per second, and RSGI lets the body be read asynchronously, so a
-client that stalls mid-body gets a 408 instead of holding a thread. JSON is
-parsed with orjson, three times faster than the standard library on 1,000-row
-bodies; the standard library re-parses a body that orjson refuses, so that NaN
-or an integer beyond float64 gets the predict command's message.
+against uvicorn and gunicorn on this app, it answered the most single-row requests
+per second, and RSGI lets the body be read asynchronously, so a client that stalls
+mid-body gets a 408 instead of holding a thread. JSON is parsed with orjson.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import hashlib
+import importlib.util
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-import numpy as np
+from typing import NamedTuple
 
 try:
     import orjson
 except ImportError:  # `cali-reg serve` says how to install it; the module still imports
     orjson = None
 
-from cali_reg import __version__
-from cali_reg.data import FEATURES
 from cali_reg.errors import UserError
-from cali_reg.model import load_model
-from cali_reg.predict import (
-    EXPECTED,
+from cali_reg.options import (
     add_model_argument,
-    checked_predict,
-    csv_chunks,
-    json_id,
-    json_number,
+    add_strict_arguments,
+    check_id_column,
     model_path,
-    object_row,
     positive_int,
 )
 
-FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TIMEOUT = 30  # seconds: the HTTP/1 header-read timeout (also idle keep-alive) and body timeout
+ACCESS_LOGS = ("text", "json", "off")
 # How the parent process hands its settings to granian's worker processes.
 ENV = "CALI_REG_SERVE"
-_ROUTES = {
-    "/invocations": ("POST",),
-    "/ping": ("GET", "HEAD"),
-    "/health": ("GET", "HEAD"),
-    "/version": ("GET", "HEAD"),
-    "/metadata": ("GET", "HEAD"),
+_JSON = "application/json"
+_LOG_PATH_CHARS = 512  # a log line stays one atomic write (below PIPE_BUF) whatever the path
+
+
+class Route(NamedTuple):
+    """An endpoint: its label in the metrics, methods, handler, protocol, and V2 model path."""
+
+    endpoint: str
+    methods: tuple[str, ...]
+    handler: str
+    protocol: str  # "mlflow", "v2" or "" (errors answer in that protocol's shape)
+    name: str | None = None
+    version: str | None = None
+
+
+_GET = ("GET", "HEAD")
+ROUTES = {
+    "/invocations": Route("/invocations", ("POST",), "invocations", "mlflow"),
+    "/ping": Route("/ping", _GET, "health", "mlflow"),
+    "/health": Route("/health", _GET, "health", "mlflow"),
+    "/version": Route("/version", _GET, "info", "mlflow"),
+    "/metadata": Route("/metadata", _GET, "info", "mlflow"),
+    "/metrics": Route("/metrics", _GET, "scrape_metrics", ""),
+    "/v2": Route("/v2", _GET, "v2_server", "v2"),
+    "/v2/health/live": Route("/v2/health/live", _GET, "v2_health", "v2"),
+    "/v2/health/ready": Route("/v2/health/ready", _GET, "v2_health", "v2"),
 }
-_JSON = [("content-type", "application/json")]
-_CSV_TYPES = ("text/csv", "application/csv")  # MLflow's code takes the first, its docs the second
+_MODEL_ROUTES = {
+    "": ("/v2/models/{name}", _GET, "v2_metadata"),
+    "ready": ("/v2/models/{name}/ready", _GET, "v2_ready"),
+    "infer": ("/v2/models/{name}/infer", ("POST",), "v2_infer"),
+}
 
 
-class ClientError(Exception):
-    """A request the server refuses: HTTP status, MLflow-style error code, one-line message."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _bad(message: str) -> ClientError:
-    return ClientError(400, "BAD_REQUEST", message)
-
-
-# --- parsing a request body into rows ----------------------------------------------
+def route_of(path: str, v2_route) -> Route | None:
+    """The route of ``path``, or None (404); ``v2_route`` is ``cali_reg.scoring.v2_route``."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route
+    v2 = v2_route(path)
+    if v2 is None:
+        return None
+    name, version, action = v2
+    endpoint, methods, handler = _MODEL_ROUTES[action]
+    return Route(endpoint, methods, handler, "v2", name, version)
 
 
-def _loads(body: bytes):
-    """The JSON document; the standard library settles what orjson refuses."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _bad(f"the body is not UTF-8 text ({err.reason})") from None
-    try:  # accepts NaN, Infinity and huge integers, which the row checks then name
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _bad(
-            f"the body is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
-        ) from None
-    except RecursionError:
-        raise _bad("the body is not valid JSON (nested too deeply)") from None
+# --- the access log ----------------------------------------------------------------------
 
 
-def rows_from_json(body: bytes, id_column: str | None) -> tuple[np.ndarray, list | None]:
-    """Features in FEATURES order and the ids (or None) of an MLflow JSON request."""
-    doc = _loads(body)
-    if not isinstance(doc, dict):
-        raise _bad(
-            f"expected a JSON object with exactly one of {', '.join(FORMATS)}, got {_type(doc)}"
-        )
-    keys = [k for k in doc if k in FORMATS]
-    others = [k for k in doc if k not in FORMATS and k != "params"]
-    if len(keys) != 1 or others:
-        got = ", ".join(map(repr, doc)) or "no keys"
-        raise _bad(
-            f"expected exactly one of {', '.join(FORMATS)} (and optionally params), got {got}"
-        )
-    if doc.get("params") not in (None, {}):
-        raise _bad("this model takes no params; leave params out")
-    key = keys[0]
-    value = doc[key]
-    if key == "dataframe_split":
-        X, ids = _split(value, body, id_column)
-    elif isinstance(value, dict) and key != "dataframe_records":
-        X, ids = _columns(value, id_column)
-    elif isinstance(value, list):
-        X, ids = _records(value, id_column)
-    else:
-        allowed = "a list of objects" + (
-            "" if key == "dataframe_records" else " or an object of columns"
-        )
-        raise _bad(f"{key} must be {allowed}, got {_type(value)}")
-    if not len(X):
-        raise _bad(f"{key} holds no rows")
-    return X, ids
-
-
-def _type(value) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), "null" if value is None else "a number"
-    )
-
-
-def _check_names(names: list, id_column: str | None, what: str) -> str | None:
-    """The id column if ``names`` holds it; ClientError for a missing, extra or repeated name."""
-    for name in names:
-        if not isinstance(name, str):
-            raise _bad(f"{what}: {json.dumps(name)} is not a column name (a string)")
-        if names.count(name) > 1:
-            raise _bad(f"{what}: column {name!r} appears more than once")
-    use_id = id_column if id_column in names else None
-    for name in names:
-        if name not in FEATURES and name != use_id:
-            hint = (
-                ""
-                if id_column
-                else "; to pass an id column through, start the server with --id-column NAME"
+def access_line(fmt: str, method: str, path: str, status: int, seconds: float, rows: int) -> str:
+    """One access-log line: time (UTC), method, path, status, duration and rows predicted."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    path = path[:_LOG_PATH_CHARS]
+    ms = round(seconds * 1000, 3)
+    if fmt == "json":
+        return (
+            json.dumps(
+                {
+                    "time": stamp,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": ms,
+                    "rows": rows,
+                },
+                ensure_ascii=True,
             )
-            raise _bad(
-                f"{what}: unexpected column {name!r}; "
-                f"the columns must be exactly {EXPECTED} (any order){hint}"
-            )
-    for feature in FEATURES:
-        if feature not in names:
-            raise _bad(
-                f"{what}: column {feature} is missing; "
-                f"the columns must be exactly {EXPECTED} (any order)"
-            )
-    return use_id
-
-
-def _split(split, body: bytes, id_column: str | None):
-    if not isinstance(split, dict):
-        raise _bad(f"dataframe_split must be an object with columns and data, got {_type(split)}")
-    extra = [k for k in split if k not in ("columns", "data", "index")]
-    if extra:
-        raise _bad(
-            f"dataframe_split: unexpected key {extra[0]!r}; "
-            "give columns and data (and optionally index)"
+            + "\n"
         )
-    columns, data = split.get("columns"), split.get("data")
-    if not isinstance(columns, list):
-        raise _bad("dataframe_split.columns must be a list of column names")
-    if not isinstance(data, list):
-        raise _bad("dataframe_split.data must be a list of rows")
-    use_id = _check_names(columns, id_column, "dataframe_split.columns")
-    order = [columns.index(f) for f in FEATURES]
-    if use_id is None:
-        # The fast path, for numbers only: strings, nulls and ragged rows give numpy
-        # another dtype or a ValueError. numpy takes true and false as 1 and 0, so a
-        # block holding a 0 or a 1 goes on only if the body has neither word.
-        try:
-            block = np.array(data)
-        except (ValueError, OverflowError):
-            block = None
-        if (
-            block is not None
-            and block.dtype.kind in "fi"
-            and block.ndim == 2
-            and block.shape[1] == len(columns)
-        ):
-            X = block[:, order].astype(np.float64)
-            if np.isfinite(X).all() and not (
-                ((X == 0) | (X == 1)).any() and (b"true" in body or b"false" in body)
-            ):
-                return X, None
-    rows, ids = [], []
-    for i, row in enumerate(data, start=1):
-        if not isinstance(row, list):
-            raise _bad(f"row {i}: expected a list of {len(columns)} values, got {_type(row)}")
-        if len(row) != len(columns):
-            raise _bad(f"row {i}: {len(row)} values, dataframe_split.columns names {len(columns)}")
-        rows.append([json_number(row[j], f"row {i}, column {columns[j]}") for j in order])
-        if use_id is not None:
-            ids.append(json_id(dict(zip(columns, row, strict=True)), use_id, f"row {i}"))
-    return np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES)), (ids if use_id else None)
+    return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n"
 
 
-def _records(records: list, id_column: str | None):
-    first = records[0] if records else None
-    use_id = id_column if isinstance(first, dict) and id_column in first else None
-    rows, ids = [], []
-    for i, obj in enumerate(records, start=1):
-        values, row_id = object_row(obj, f"row {i}", use_id)
-        rows.append(values)
-        ids.append(row_id)
-    return np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES)), (ids if use_id else None)
-
-
-def _columns(columns: dict, id_column: str | None):
-    names = list(columns)
-    use_id = _check_names(names, id_column, "inputs")
-    lengths = set()
-    for name, values in columns.items():
-        if not isinstance(values, list):
-            raise _bad(f"column {name}: expected a list of values, got {_type(values)}")
-        lengths.add(len(values))
-    if len(lengths) > 1:
-        raise _bad(
-            "the columns have different lengths: "
-            + ", ".join(f"{n} {len(v)}" for n, v in columns.items())
-        )
-    n = lengths.pop() if lengths else 0
-    X = np.array(
-        [
-            [json_number(columns[f][i], f"row {i + 1}, column {f}") for f in FEATURES]
-            for i in range(n)
-        ],
-        dtype=np.float64,
-    ).reshape(-1, len(FEATURES))
-    ids = None
-    if use_id:
-        ids = [
-            json_id({use_id: v}, use_id, f"row {i}") for i, v in enumerate(columns[use_id], start=1)
-        ]
-    return X, ids
-
-
-def rows_from_csv(body: bytes, id_column: str | None):
-    """Features and ids of a CSV body, parsed and checked as ``cali-reg predict`` does."""
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _bad(f"the body is not UTF-8 text ({err.reason})") from None
-    lines = text.splitlines(keepends=True)
-    header = next((line for line in lines if line.strip()), "")
-    try:
-        names = [name.strip() for name in next(csv.reader([header]), [])]
-    except csv.Error:
-        names = []
-    use_id = id_column if id_column in names else None
-    chunks = list(csv_chunks(lines, chunk_rows=len(lines) + 1, id_column=use_id))
-    X = np.concatenate([c.X for c in chunks]) if len(chunks) > 1 else chunks[0].X
-    ids = [i for c in chunks for i in c.ids] if use_id else None
-    return X, ids
-
-
-# --- the application ------------------------------------------------------------------
-
-
-def model_info(path: Path, model) -> dict:
-    """What /version and /metadata say: enough for a client to tell which model answered."""
-    return {
-        "server": "cali-reg",
-        "version": __version__,
-        "model_file": path.name,
-        "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "scheme": model.scheme,
-        "bits": model.bits,
-        "feature_names": list(model.feature_names),
-        "payload_bytes": model.payload_bytes,
-    }
+# --- the application ----------------------------------------------------------------------
 
 
 class App:
@@ -307,107 +138,173 @@ class App:
         id_column: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         timeout: float = TIMEOUT,
+        strict_columns: bool = False,
+        strict_range: bool = False,
+        access_log: str = "off",
+        metrics: bool = False,
     ):
-        self.model = load_model(path)
-        if tuple(self.model.feature_names) != tuple(FEATURES):
-            raise UserError(f"{path}: its features are not {EXPECTED}")
-        self.id_column = id_column
+        from cali_reg import scoring
+
+        self.scoring = scoring
+        self.served = scoring.load_served(path, id_column, strict_columns, strict_range)
         self.max_body_bytes = max_body_bytes
         self.timeout = timeout
-        self.info = orjson.dumps(model_info(path, self.model))
+        self.access_log = None if access_log == "off" else access_log
+        self.metrics = None
+        if metrics:
+            from cali_reg.metrics import Metrics
+
+            model = self.served.model
+            self.metrics = Metrics(
+                self.served.name,
+                self.served.version,
+                model.scheme,
+                model.bits,
+                self.served.features,
+            )
+        self.v2_metadata_body = scoring.v2_model_metadata(self.served)
+        self.v2_server_body = scoring.v2_server_metadata()
+
+    def __rsgi_del__(self, loop) -> None:
+        if self.metrics is not None:
+            from cali_reg.metrics import worker_exits
+
+            worker_exits()
 
     async def __rsgi__(self, scope, proto):
         if scope.proto != "http":
             return
+        start = time.perf_counter()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+        route = route_of(scope.path, self.scoring.v2_route)
+        rows, outside, kind = 0, None, None
+        ctype = _JSON
         try:
-            status, body, headers = await self.respond(scope, proto)
-        except ClientError as err:
-            status, headers = err.status, list(_JSON)
-            body = orjson.dumps({"error_code": err.code, "message": err.message})
-            if err.status in (408, 413):  # the body was not read to its end
-                headers.append(("connection", "close"))
-            if err.status == 405:
-                headers.append(("allow", ", ".join(_ROUTES[scope.path])))
+            if route is None:
+                raise self._not_found(scope.path)
+            if scope.method not in route.methods:
+                raise self.scoring.ClientError(
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    f"{scope.method} is not allowed on {scope.path}; use {route.methods[0]}",
+                    "method",
+                )
+            status, body, ctype, rows, outside = await getattr(self, route.handler)(
+                scope, proto, route
+            )
+        except self.scoring.ClientError as err:
+            status, kind = err.status, err.kind
+            if scope.path.startswith("/v2"):
+                body = orjson.dumps({"error": err.message})
+            else:
+                body = orjson.dumps({"error_code": err.code, "message": err.message})
         except Exception as err:  # a bug: the client gets no traceback, the log gets one
             import traceback
 
             traceback.print_exc(file=sys.stderr)
-            status, headers = 500, list(_JSON)
-            body = orjson.dumps(
-                {
-                    "error_code": "INTERNAL_ERROR",
-                    "message": f"internal error ({type(err).__name__}); see the server log",
-                }
+            status = 500
+            message = f"internal error ({type(err).__name__}); see the server log"
+            if scope.path.startswith("/v2"):
+                body = orjson.dumps({"error": message})
+            else:
+                body = orjson.dumps({"error_code": "INTERNAL_ERROR", "message": message})
+        headers = [("content-type", ctype)]
+        if status in (408, 413):  # the body was not read to its end
+            headers.append(("connection", "close"))
+        elif status == 405:
+            headers.append(("allow", ", ".join(route.methods)))
+        proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
+        seconds = time.perf_counter() - start
+        if metrics is not None:
+            metrics.in_flight.dec()
+            metrics.observe(
+                "other" if route is None else route.endpoint,
+                status,
+                seconds,
+                None if route is None else route.protocol,
+                rows,
+                outside,
+                kind,
             )
-        if scope.method == "HEAD":
-            body = b""
-        proto.response_bytes(status, headers, body)
+        if self.access_log is not None:
+            line = access_line(self.access_log, scope.method, scope.path, status, seconds, rows)
+            os.write(1, line.encode("utf-8", "replace"))
 
-    async def respond(self, scope, proto):
-        methods = _ROUTES.get(scope.path)
-        if methods is None:
-            raise ClientError(
+    def _not_found(self, path: str):
+        return self.scoring.ClientError(
+            404,
+            "ENDPOINT_NOT_FOUND",
+            f"no such path {path!r}; use POST /invocations, GET /ping, /health, /version, "
+            f"/metadata, /metrics, or the V2 paths under /v2 (/v2/models/{self.served.name})",
+            "not_found",
+        )
+
+    # --- handlers: (status, body, content type, rows, outside) ---
+
+    async def health(self, scope, proto, route):
+        return 200, b'{"status":"ok"}', _JSON, 0, None
+
+    async def info(self, scope, proto, route):
+        return 200, self.served.info, _JSON, 0, None
+
+    async def scrape_metrics(self, scope, proto, route):
+        if self.metrics is None:
+            raise self.scoring.ClientError(
                 404,
                 "ENDPOINT_NOT_FOUND",
-                f"no such path {scope.path!r}; "
-                "use POST /invocations or GET /ping, /health, /version, /metadata",
+                "metrics are off (the server was started with --no-metrics)",
+                "not_found",
             )
-        if scope.method not in methods:
-            raise ClientError(
-                405,
-                "METHOD_NOT_ALLOWED",
-                f"{scope.method} is not allowed on {scope.path}; use {methods[0]}",
-            )
-        if scope.path in ("/ping", "/health"):
-            return 200, b'{"status":"ok"}', _JSON
-        if scope.path in ("/version", "/metadata"):
-            return 200, self.info, _JSON
-        return 200, await self.invocations(scope, proto), _JSON
+        from cali_reg.metrics import scrape
 
-    async def invocations(self, scope, proto) -> bytes:
-        ctype = scope.headers.get("content-type") or ""
-        mime, *params = (part.strip() for part in ctype.split(";"))
-        mime = mime.lower()
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
-                raise ClientError(
-                    415, "UNSUPPORTED_MEDIA_TYPE", f"charset {value.strip()}: send UTF-8"
-                )
-        if mime != "application/json" and mime not in _CSV_TYPES:
-            got = f"Content-Type {ctype!r}" if ctype else "no Content-Type"
-            raise ClientError(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"{got}; send application/json (MLflow's dataframe_split, dataframe_records, "
-                "instances or inputs) or text/csv with a header naming the features",
-            )
+        body, ctype = scrape()
+        return 200, body, ctype, 0, None
+
+    async def invocations(self, scope, proto, route):
+        ctype = scope.headers.get("content-type")
+        self.scoring.media_type(ctype)  # a wrong charset is refused before the body is read
         body = await self.read_body(scope, proto)
-        if not body.strip():
-            raise _bad(
-                "the body is empty; send JSON with one of dataframe_split, dataframe_records, "
-                f"instances or inputs, or CSV with a header naming {EXPECTED}"
+        answer = self.scoring.invocations(body, ctype, self.served)
+        return 200, answer.body, _JSON, answer.rows, answer.outside
+
+    async def v2_server(self, scope, proto, route):
+        return 200, self.v2_server_body, _JSON, 0, None
+
+    async def v2_health(self, scope, proto, route):
+        return 200, b"", _JSON, 0, None
+
+    async def v2_metadata(self, scope, proto, route):
+        self.scoring.check_model(self.served, route.name, route.version)
+        return 200, self.v2_metadata_body, _JSON, 0, None
+
+    async def v2_ready(self, scope, proto, route):
+        self.scoring.check_model(self.served, route.name, route.version)
+        return 200, b"", _JSON, 0, None
+
+    async def v2_infer(self, scope, proto, route):
+        self.scoring.check_model(self.served, route.name, route.version)
+        if scope.headers.get("inference-header-content-length") is not None:
+            raise self.scoring.bad_request(
+                "binary tensor data is not supported; send the tensors as JSON "
+                "(tritonclient: binary_data=False)"
             )
-        try:  # the predict command's checks raise UserError, naming the row and column
-            if mime == "application/json":
-                X, ids = rows_from_json(body, self.id_column)
-            else:
-                X, ids = rows_from_csv(body, self.id_column)
-            y = checked_predict(self.model.predict, X)
-        except UserError as err:
-            raise _bad(str(err)) from None
-        answer = {"predictions": y.tolist()}
-        if ids is not None:
-            answer["ids"] = ids
-        return orjson.dumps(answer)
+        # The body is JSON whatever the Content-Type says (clients send none, or curl's
+        # form type); only a charset other than UTF-8 is refused.
+        self.scoring.media_type(scope.headers.get("content-type"))
+        body = await self.read_body(scope, proto)
+        answer = self.scoring.v2_infer(body, self.served)
+        return 200, answer.body, _JSON, answer.rows, answer.outside
 
     async def read_body(self, scope, proto) -> bytes:
         limit = self.max_body_bytes
-        too_large = ClientError(
+        too_large = self.scoring.ClientError(
             413,
             "REQUEST_LIMIT_EXCEEDED",
             f"the body is larger than the server's limit of {limit} bytes; "
             "send fewer rows per request",
+            "too_large",
         )
         length = scope.headers.get("content-length")
         try:
@@ -424,20 +321,18 @@ class App:
                     parts.append(part)
                 return b"".join(parts)
         except TimeoutError:
-            raise ClientError(
-                408, "REQUEST_TIMEOUT", f"the body did not arrive within {self.timeout:g} s"
+            raise self.scoring.ClientError(
+                408,
+                "REQUEST_TIMEOUT",
+                f"the body did not arrive within {self.timeout:g} s",
+                "timeout",
             ) from None
 
 
 def create_app() -> App:
     """The app of a granian worker, configured by the parent through the environment."""
     settings = json.loads(os.environ[ENV])
-    return App(
-        Path(settings["model"]),
-        id_column=settings["id_column"],
-        max_body_bytes=settings["max_body_bytes"],
-        timeout=settings["timeout"],
-    )
+    return App(Path(settings.pop("model")), **settings)
 
 
 # --- the command ------------------------------------------------------------------------
@@ -476,6 +371,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"close connections idle or sending headers this long, answer 408 to a body "
         f"that takes longer (1 to 60, default: {TIMEOUT})",
+    )
+    add_strict_arguments(parser)
+    parser.add_argument(
+        "--access-log",
+        choices=ACCESS_LOGS,
+        default="text",
+        help="one line per request on stdout: text, JSON lines (for log shippers), or off "
+        "(default: text)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="do not count requests, and answer 404 on /metrics",
     )
 
 
@@ -525,21 +433,33 @@ def main(args: argparse.Namespace) -> None:
         granian_missing = False
     if granian_missing or orjson is None:
         raise UserError("cali-reg serve needs its server: pip install 'cali-reg[serve]'")
-    if args.id_column is not None and (not args.id_column.strip() or args.id_column in FEATURES):
+    if not args.no_metrics and importlib.util.find_spec("prometheus_client") is None:
+        # Not imported here: it must first see PROMETHEUS_MULTIPROC_DIR, set below.
         raise UserError(
-            f"--id-column {args.id_column!r}: name a column that is not one of the features"
+            "cali-reg serve's /metrics needs prometheus-client: pip install "
+            "'cali-reg[serve]', or start with --no-metrics"
         )
     path = model_path(args.model).resolve()
-    App(path)  # refuse a bad model file before any worker starts
+    settings = {
+        "id_column": args.id_column,
+        "max_body_bytes": args.max_body_bytes,
+        "timeout": args.timeout,
+        "strict_columns": args.strict_columns,
+        "strict_range": args.strict_range,
+        "access_log": args.access_log,
+        "metrics": not args.no_metrics,
+    }
+    from cali_reg.scoring import load_served
+
+    served = load_served(path, args.id_column, args.strict_columns, args.strict_range)
+    check_id_column(args.id_column, served.features)  # refuse a bad model before any worker
     _check_address(args.host, args.port)
-    os.environ[ENV] = json.dumps(
-        {
-            "model": str(path),
-            "id_column": args.id_column,
-            "max_body_bytes": args.max_body_bytes,
-            "timeout": args.timeout,
-        }
-    )
+    os.environ[ENV] = json.dumps({"model": str(path), **settings})
+    metrics_dir = None
+    if not args.no_metrics:
+        # A fresh folder per run: prometheus_client's multiprocess files must not outlive it.
+        metrics_dir = tempfile.mkdtemp(prefix="cali-reg-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     server = Granian(
         "cali_reg.serve:create_app",
         factory=True,
@@ -554,4 +474,8 @@ def main(args: argparse.Namespace) -> None:
         workers_kill_timeout=args.timeout + 5,
         log_access=False,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

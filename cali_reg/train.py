@@ -10,7 +10,7 @@ import numpy as np
 from cali_reg.data import FEATURES
 from cali_reg.errors import UserError
 from cali_reg.files import atomic_write_bytes, atomic_write_text
-from cali_reg.model import FloatModel, dumps
+from cali_reg.model import FloatModel, TrainingRange, dumps
 
 # Fitted floats are stored to this many significant digits. A different CPU or
 # BLAS moves the last bits of a least-squares solution (up to 4e-11 relative for
@@ -39,21 +39,33 @@ def fit(X: np.ndarray, y: np.ndarray):
     return model
 
 
-def weights(estimator) -> FloatModel:
-    """The estimator's weights as the numpy-only FloatModel."""
+def weights(estimator, training_range: TrainingRange | None = None) -> FloatModel:
+    """The estimator's weights as the numpy-only FloatModel, with its training range."""
     return FloatModel(
-        FEATURES, np.asarray(estimator.coef_, dtype=np.float64), float(estimator.intercept_)
+        FEATURES,
+        np.asarray(estimator.coef_, dtype=np.float64),
+        float(estimator.intercept_),
+        training_range,
     )
 
 
-def save(estimator, path: Path | str, weights_path: Path | str) -> None:
-    """The estimator with joblib at ``path``, its weights as JSON at ``weights_path``."""
+def save(
+    estimator,
+    path: Path | str,
+    weights_path: Path | str,
+    training_range: TrainingRange | None = None,
+) -> None:
+    """The estimator with joblib at ``path``, its weights as JSON at ``weights_path``.
+
+    ``training_range`` (each feature's min and max in the training rows) goes into
+    the JSON, so that a server can count or refuse rows the model never saw the like of.
+    """
     import joblib
 
     buf = io.BytesIO()
     joblib.dump(estimator, buf)
     atomic_write_bytes(path, buf.getvalue())
-    atomic_write_text(weights_path, dumps(weights(estimator)))
+    atomic_write_text(weights_path, dumps(weights(estimator, training_range)))
 
 
 def load_estimator(path: Path | str):

@@ -2,7 +2,8 @@
 
 One metrics file per model with the same keys, so that ``dvc metrics show`` lines
 them up; a compare file with the quant-minus-float deltas; and each test row's
-predictions and residuals for the plots. Numpy only: this stage, which every
+predictions and residuals for the plots. Each model reads the test columns by
+the names in its file, in its own order. Numpy only: this stage, which every
 experiment re-runs, does not pay for importing scikit-learn.
 """
 
@@ -10,8 +11,8 @@ import os
 
 import numpy as np
 
-from cali_reg.data import FEATURES, read_xy, write_table
-from cali_reg.errors import UserError, run
+from cali_reg.data import read_named, write_table
+from cali_reg.errors import run
 from cali_reg.evaluate import DECIMALS, compare, scores
 from cali_reg.files import write_json
 from cali_reg.model import FloatModel, QuantizedModel, load_model
@@ -29,15 +30,11 @@ PREDICTIONS = "plots/predictions.csv"
 
 
 def main() -> None:
-    X, y = read_xy(TEST)
     fmodel = load_model(FLOAT, expect=FloatModel)
     qmodel = load_model(QUANT, expect=QuantizedModel)
-    if qmodel.feature_names != FEATURES:
-        raise UserError(
-            f"{QUANT} expects features {', '.join(qmodel.feature_names)}, "
-            f"not {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'"
-        )
-    float_pred, quant_pred = fmodel.predict(X), qmodel.predict(X)
+    X_float, y = read_named(TEST, fmodel.feature_names, FLOAT)
+    X_quant, _ = read_named(TEST, qmodel.feature_names, QUANT)
+    float_pred, quant_pred = fmodel.predict(X_float), qmodel.predict(X_quant)
     float_m = scores(y, float_pred) | {
         "bits": fmodel.bits,
         "payload_bytes": fmodel.payload_bytes,

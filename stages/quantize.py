@@ -40,6 +40,7 @@ def main() -> None:
         calibration=calibration,
         **params,
     )
+    qmodel.training_range = fmodel.training_range  # the schema travels with the model
     atomic_write_text(OUT, dumps(qmodel))
 
 

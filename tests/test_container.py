@@ -122,9 +122,9 @@ def healthcheck(name: str) -> subprocess.CompletedProcess:
 
 
 def test_the_image_keeps_its_healthcheck_and_reports_healthy(image, container):
-    config = json.loads(podman("image", "inspect", image).stdout)[0]["Config"]
-    test = " ".join(config["Healthcheck"]["Test"])
-    assert "/v2/health/ready" in test
+    inspect = json.loads(podman("image", "inspect", image).stdout)[0]
+    assert inspect["ManifestType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert "/v2/health/ready" in " ".join(inspect["Healthcheck"]["Test"])
     name = container("serve", "--workers", "1")
     proc = healthcheck(name)
     assert proc.returncode == 0, proc.stdout + proc.stderr

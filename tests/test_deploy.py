@@ -197,3 +197,10 @@ def test_the_server_takes_the_manifests_arguments_and_answers_their_probes(built
             conn.close()
     finally:
         assert srv.stop() == 0
+
+
+def test_the_image_healthcheck_asks_what_the_readiness_probe_asks():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (url,) = re.findall(r"HEALTHCHECK .*?urlopen\('([^']+)'", dockerfile, flags=re.S)
+    readiness = server_container(by_kind(KUBERNETES_YAML)["Deployment"])["readinessProbe"]
+    assert url == f"http://127.0.0.1:{PORT}{readiness['httpGet']['path']}"

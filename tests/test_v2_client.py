@@ -69,9 +69,11 @@ def test_tritonclient_health_metadata_and_inference(
     metadata = seen["metadata"]
     assert metadata == seen["version_metadata"]
     assert metadata["name"] == name and version in metadata["versions"]
-    assert metadata["inputs"][0]["datatype"] in ("FP64", "FP32")
-    assert metadata["inputs"][0]["shape"] == [-1, len(FEATURES)]
-    assert metadata["outputs"][0]["datatype"] == "FP64"
+    # one input per feature, in the model file's order, as MLServer's `pd` content type
+    assert metadata["inputs"] == [
+        {"name": f, "datatype": "FP64", "shape": [-1]} for f in load_model(path).feature_names
+    ]
+    assert metadata["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
 
     # FP64 answers are `cali-reg predict`'s, bit for bit, however the rows are sent
     csv = ",".join(FEATURES) + "\n" + "\n".join(",".join(map(repr, r)) for r in rows.tolist())
@@ -80,7 +82,7 @@ def test_tritonclient_health_metadata_and_inference(
     for key in ("fp64", "fp64_pinned", "default_outputs", "columns"):
         got = np.array(seen[key]["values"], dtype=np.float64).ravel()
         assert got.view(np.uint64).tolist() == expected.view(np.uint64).tolist(), key
-        assert seen[key]["name"] == metadata["outputs"][0]["name"]
+        assert seen[key]["name"] == "predict"
     # FP32 rows are the same rows rounded to float32, then predicted in float64
     rounded = rows.astype(np.float32).astype(np.float64)
     np.testing.assert_array_equal(

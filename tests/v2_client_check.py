@@ -50,15 +50,14 @@ def main() -> None:
         "metadata": client.get_model_metadata(model),
         "version_metadata": client.get_model_metadata(model, version),
     }
-    metadata_input = seen["metadata"]["inputs"][0]["name"]
-    seen["fp64"] = infer(client, model, [tensor(metadata_input, X, "FP64")])
-    seen["fp64_pinned"] = infer(client, model, [tensor(metadata_input, X, "FP64")], version)
-    seen["fp32"] = infer(client, model, [tensor(metadata_input, X.astype(np.float32), "FP32")])
+    # one tensor of shape [N, F]: the protocol leaves its name to the client
+    matrix = "input-0"
+    seen["fp64"] = infer(client, model, [tensor(matrix, X, "FP64")])
+    seen["fp64_pinned"] = infer(client, model, [tensor(matrix, X, "FP64")], version)
+    seen["fp32"] = infer(client, model, [tensor(matrix, X.astype(np.float32), "FP32")])
     # tritonclient's default asks for binary outputs; a server without that extension
     # answers JSON, which the client reads as well
-    seen["default_outputs"] = infer(
-        client, model, [tensor(metadata_input, X, "FP64")], outputs=False
-    )
+    seen["default_outputs"] = infer(client, model, [tensor(matrix, X, "FP64")], outputs=False)
     seen["columns"] = infer(
         client,
         model,
@@ -68,9 +67,9 @@ def main() -> None:
     for label, call in {
         "unknown_model": lambda: client.get_model_metadata("no-such-model"),
         "wrong_version": lambda: client.get_model_metadata(model, "0" * 64),
-        "wrong_shape": lambda: client.infer(model, [tensor(metadata_input, X[:, :3], "FP64")]),
+        "wrong_shape": lambda: client.infer(model, [tensor(matrix, X[:, :3], "FP64")]),
         "wrong_datatype": lambda: client.infer(
-            model, [tensor(metadata_input, X.astype(np.int64), "INT64")]
+            model, [tensor(matrix, X.astype(np.int64), "INT64")]
         ),
     }.items():
         try:

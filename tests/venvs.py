@@ -34,7 +34,7 @@ def tool_python(name: str, pins: list[str], root: Path = ROOT) -> Path:
             return python
         shutil.rmtree(path, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-        subprocess.run(
+        proc = subprocess.run(
             [
                 str(python),
                 "-m",
@@ -44,8 +44,11 @@ def tool_python(name: str, pins: list[str], root: Path = ROOT) -> Path:
                 "--disable-pip-version-check",
                 *pins,
             ],
-            check=True,
+            capture_output=True,
+            text=True,
             timeout=INSTALL_TIMEOUT,
         )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip install {' '.join(pins)} failed:\n{proc.stderr[-3000:]}")
         stamp.write_text(wanted)
     return python

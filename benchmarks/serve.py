@@ -162,16 +162,21 @@ async def load(port, protocol, body, n_rows, clients, requests, seconds):
             for _ in range(clients)
         )
     )
-    wall = time.perf_counter() - start
-    latencies.sort()
-    n = len(latencies)
+    return {"latencies": latencies, "wall": time.perf_counter() - start, "errors": len(errors)}
+
+
+def summary(runs: list[dict], n_rows: int) -> dict:
+    """Throughput and latency of one scenario over its rounds, and the server's CPU time."""
+    latencies = sorted(x for run in runs for x in run["latencies"])
+    wall, n = sum(run["wall"] for run in runs), len(latencies)
     return {
         "requests": n,
         "req_s": n / wall,
         "rows_s": n * n_rows / wall,
         "p50_ms": latencies[n // 2] * 1e3,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3,
-        "errors": len(errors),
+        "errors": sum(run["errors"] for run in runs),
+        "cpu_us": sum(run["cpu"] for run in runs) / n * 1e6,
     }
 
 
@@ -207,6 +212,22 @@ class Server:
         self.stop()
         sys.exit(f"error: {name} did not answer {health} within {START_TIMEOUT} s")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the server's processes so far (its session's)."""
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == self.proc.pid:  # the session id: start_new_session above
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -216,6 +237,21 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+def measure(servers: dict, scenario: tuple, rounds: int, requests: int, seconds: float) -> dict:
+    """Each server's runs of one scenario: a warm-up each, then ``rounds`` rounds in which
+    they take turns, sharing ``requests`` and ``seconds``."""
+    for server in servers.values():
+        asyncio.run(load(server.port, *scenario, 50, 2))
+    runs = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, server in servers.items():
+            cpu = server.cpu_seconds()
+            run = asyncio.run(load(server.port, *scenario, requests // rounds, seconds / rounds))
+            run["cpu"] = server.cpu_seconds() - cpu
+            runs[name].append(run)
+    return runs
 
 
 def payloads() -> dict[tuple[str, int], bytes]:
@@ -275,6 +311,12 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="time bound per scenario")
     parser.add_argument("--requests", type=int, default=200_000, help="request bound per scenario")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating rounds of the two cali-reg servers, sharing --seconds (default: 5)",
+    )
     args = parser.parse_args()
     for path in ("models/float.json", "data/test.csv", "data/train.csv"):
         if not (ROOT / path).exists():
@@ -284,6 +326,7 @@ def main() -> None:
     mlflow_python = tool_python("mlflow", MLFLOW_PINS)
     mlserver_python = tool_python("mlserver", MLSERVER_PINS)
     bodies = payloads()
+    load_before = os.getloadavg()[0]
     weights, train = str(ROOT / "models/float.json"), str(ROOT / "data/train.csv")
     results: dict[str, dict[tuple[str, int], dict]] = {}
     answers: dict[str, list[float]] = {}
@@ -359,28 +402,36 @@ def main() -> None:
                 ),
                 ("v2",),
             )
-        for name, (start, protocols) in servers.items():
-            print(f"measuring {name}...", flush=True)
-            server = start(free_port())
+        # The two cali-reg servers run side by side, measured alternately in rounds, so that
+        # the load of a shared machine weighs on both alike; the others one at a time.
+        groups = [["cali-reg", "cali-reg, metrics and log off"], *([n] for n in list(servers)[2:])]
+        for names in groups:
+            print(f"measuring {' and '.join(names)}...", flush=True)
+            rounds = args.rounds if len(names) > 1 else 1
+            started = {}
             try:
-                results[name] = {}
+                for name in names:
+                    started[name] = servers[name][0](free_port())
+                protocols = servers[names[0]][1]
                 for protocol in protocols:
-                    answers[f"{name} ({protocol})"] = predictions(
-                        server.port, protocol, bodies[protocol, 1000]
-                    )
-                    for _, n_rows, clients in SIZES:
-                        body = bodies[protocol, n_rows]
-                        run = (server.port, protocol, body, n_rows, clients)
-                        asyncio.run(load(*run, 50, 2))  # warm up
-                        results[name][protocol, n_rows] = asyncio.run(
-                            load(*run, args.requests, args.seconds)
+                    for name, server in started.items():
+                        answers[f"{name} ({protocol})"] = predictions(
+                            server.port, protocol, bodies[protocol, 1000]
                         )
+                    for _, n_rows, clients in SIZES:
+                        scenario = (protocol, bodies[protocol, n_rows], n_rows, clients)
+                        runs = measure(started, scenario, rounds, args.requests, args.seconds)
+                        for name, by_round in runs.items():
+                            results.setdefault(name, {})[protocol, n_rows] = summary(
+                                by_round, n_rows
+                            )
             finally:
-                server.stop()
-    report(args, results, answers)
+                for server in started.values():
+                    server.stop()
+    report(args, results, answers, load_before)
 
 
-def report(args, results, answers) -> None:
+def report(args, results, answers, load_before: float) -> None:
     reference = answers["cali-reg (mlflow)"]
     diff = max(
         abs(a - b) for values in answers.values() for a, b in zip(reference, values, strict=True)
@@ -388,12 +439,15 @@ def report(args, results, answers) -> None:
     print()
     print(
         f"float model, {args.workers} worker(s) each, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; largest difference between the servers' "
-        f"1,000 predictions: {diff:.1e}"
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after; largest difference "
+        f"between the servers' 1,000 predictions: {diff:.1e}"
     )
     print()
-    print("| protocol | rows, clients | server | req/s | rows/s | p50 ms | p99 ms | errors |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| protocol | rows, clients | server | req/s | rows/s | p50 ms | p99 ms "
+        "| server CPU µs/req | errors |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for protocol, label in (("mlflow", "MLflow"), ("v2", "V2")):
         for size, n_rows, clients in SIZES:
             for name, by in results.items():
@@ -402,7 +456,7 @@ def report(args, results, answers) -> None:
                     print(
                         f"| {label} | {size}, {clients} | {name} | {r['req_s']:,.0f} | "
                         f"{r['rows_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                        f"{r['errors']} |"
+                        f"{r['cpu_us']:,.0f} | {r['errors']} |"
                     )
     print()
     cali, off = results["cali-reg"], results["cali-reg, metrics and log off"]
@@ -433,8 +487,13 @@ def report(args, results, answers) -> None:
             checks.append(("V2 single row: at least 5x MLServer", ratio >= 5))
     for protocol, label in (("mlflow", "MLflow"), ("v2", "V2")):
         for size, n, _ in SIZES:
-            cost = 1 - cali[protocol, n]["req_s"] / off[protocol, n]["req_s"]
-            print(f"metrics and access log, {label}, {size}: {cost:+.1%} of throughput")
+            on_, off_ = cali[protocol, n], off[protocol, n]
+            cost = 1 - on_["req_s"] / off_["req_s"]
+            cpu = on_["cpu_us"] / off_["cpu_us"] - 1
+            print(
+                f"metrics and access log, {label}, {size}: {cost:.1%} less throughput, "
+                f"{cpu:+.1%} server CPU per request"
+            )
             checks.append((f"observability costs under 10% ({label}, {size})", cost < 0.10))
     p99 = max(cali[protocol, 1]["p99_ms"] for protocol in PROTOCOLS)
     checks.append(("single-row p99 under 10 ms", p99 < 10))

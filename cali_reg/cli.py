@@ -16,7 +16,10 @@ from cali_reg.errors import UserError, run
 # name: (module with add_arguments(parser) and main(args), one-line help)
 SUBCOMMANDS = {
     "predict": ("cali_reg.predict", "predict house values for CSV or JSON rows"),
-    "serve": ("cali_reg.serve", "serve predictions over HTTP (MLflow's scoring protocol)"),
+    "serve": (
+        "cali_reg.serve",
+        "serve predictions over HTTP (MLflow's scoring protocol and KServe's V2)",
+    ),
     "plots": ("cali_reg.plots", "render the DVC plots to images (docs/plots/)"),
 }
 

@@ -39,36 +39,50 @@ class Metrics:
     def __init__(self, name: str, version: str, scheme: str, bits: int, features) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
+        # Not in the default registry: a scrape reads every process's files (``scrape``),
+        # and an app built twice in one process (tests) must not clash.
+        kw = {"registry": None}
+
         self.requests = Counter(
             "cali_reg_requests",
             "HTTP requests answered, by endpoint and status code",
             ["endpoint", "code"],
+            **kw,
         )
         self.latency = Histogram(
             "cali_reg_request_duration_seconds",
             "Time from the request's arrival to its answer, by endpoint",
             ["endpoint"],
             buckets=BUCKETS,
+            **kw,
         )
-        self.rows = Counter("cali_reg_rows_predicted", "Rows predicted, by protocol", ["protocol"])
+        self.rows = Counter(
+            "cali_reg_rows_predicted", "Rows predicted, by protocol", ["protocol"], **kw
+        )
         self.in_flight = Gauge(
             "cali_reg_requests_in_flight",
             "Requests being answered now",
             multiprocess_mode="livesum",
+            **kw,
         )
         self.errors = Counter(
-            "cali_reg_client_errors", "Requests refused with a 4xx, by kind of mistake", ["kind"]
+            "cali_reg_client_errors",
+            "Requests refused with a 4xx, by kind of mistake",
+            ["kind"],
+            **kw,
         )
         self.outside = Counter(
             "cali_reg_rows_outside_training_range",
             "Rows with a value outside the feature's training range, by feature",
             ["feature"],
+            **kw,
         )
         info = Gauge(
             "cali_reg_model_info",
             "The served model: name, version (SHA-256 of its file), scheme and bits",
             ["name", "version", "scheme", "bits"],
             multiprocess_mode="max",
+            **kw,
         )
         info.labels(name, version, scheme, str(bits)).set(1)
         # Children made once: a zero shows up before the first event, and no label

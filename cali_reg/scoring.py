@@ -121,7 +121,9 @@ def predict(served: Served, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     if training_range is not None:
         if served.strict_range:
             check_range(X, served.features, training_range)
-        outside = outside_range(X, training_range).sum(axis=0)
+        out = outside_range(X, training_range)
+        if out.any():  # most requests: no row outside, nothing to count
+            outside = out.sum(axis=0)
     return checked_predict(served.model.predict, X), outside
 
 

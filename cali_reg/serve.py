@@ -53,6 +53,11 @@ ACCESS_LOGS = ("text", "json", "off")
 # How the parent process hands its settings to granian's worker processes.
 ENV = "CALI_REG_SERVE"
 _JSON = "application/json"
+_STDERR_HANDLER = {
+    "formatter": "generic",
+    "class": "logging.StreamHandler",
+    "stream": "ext://sys.stderr",
+}
 _LOG_PATH_CHARS = 512  # a log line stays one atomic write (below PIPE_BUF) whatever the path
 
 
@@ -102,28 +107,39 @@ def route_of(path: str, v2_route) -> Route | None:
 # --- the access log ----------------------------------------------------------------------
 
 
-def access_line(fmt: str, method: str, path: str, status: int, seconds: float, rows: int) -> str:
+class _Clock:
+    """The access log's time stamp; its text is rebuilt once a second, not per request."""
+
+    second, text = -1, ""
+
+    def stamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((now - second) * 1000):03d}Z"
+
+
+_clock = _Clock()
+
+
+def access_line(fmt: str, method: str, path: str, status: int, seconds: float, rows: int) -> bytes:
     """One access-log line: time (UTC), method, path, status, duration and rows predicted."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    stamp = _clock.stamp()
     path = path[:_LOG_PATH_CHARS]
     ms = round(seconds * 1000, 3)
     if fmt == "json":
-        return (
-            json.dumps(
-                {
-                    "time": stamp,
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": ms,
-                    "rows": rows,
-                },
-                ensure_ascii=True,
-            )
-            + "\n"
-        )
-    return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n"
+        line = {
+            "time": stamp,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": ms,
+            "rows": rows,
+        }
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n".encode("utf-8", "replace")
 
 
 # --- the application ----------------------------------------------------------------------
@@ -215,7 +231,8 @@ class App:
             headers.append(("connection", "close"))
         elif status == 405:
             headers.append(("allow", ", ".join(route.methods)))
-        proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
+        # Counted and logged before the answer leaves: a client that reads /metrics or
+        # the log right after its answer finds its request there.
         seconds = time.perf_counter() - start
         if metrics is not None:
             metrics.in_flight.dec()
@@ -230,7 +247,8 @@ class App:
             )
         if self.access_log is not None:
             line = access_line(self.access_log, scope.method, scope.path, status, seconds, rows)
-            os.write(1, line.encode("utf-8", "replace"))
+            os.write(1, line)
+        proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
 
     def _not_found(self, path: str):
         return self.scoring.ClientError(
@@ -473,6 +491,8 @@ def main(args: argparse.Namespace) -> None:
         # SIGTERM lets requests in flight finish; a worker still busy after this is killed.
         workers_kill_timeout=args.timeout + 5,
         log_access=False,
+        # granian's own messages go to stderr: stdout is the access log alone
+        log_dictconfig={"handlers": dict.fromkeys(("console", "access"), _STDERR_HANDLER)},
     )
     try:
         server.serve()

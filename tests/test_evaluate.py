@@ -35,3 +35,24 @@ def test_compare_is_quant_minus_float():
         "size_ratio": 0.25,
         "max_abs_pred_diff": 0.5,
     }
+
+
+def test_the_stage_reads_columns_by_the_models_names(repo):
+    """A model file with features permuted, and test data with columns permuted: same metrics."""
+    import json
+    import sys
+
+    from tests.conftest import sh
+
+    before = {name: (repo / "metrics" / name).read_text() for name in ("float.json", "quant.json")}
+    path = repo / "models/float.json"
+    doc = json.loads(path.read_text())
+    for values in (doc["feature_names"], doc["coef"], *doc["training_range"].values()):
+        values[0], values[1], values[6] = values[6], values[0], values[1]
+    path.write_text(json.dumps(doc, indent=2))
+    test = repo / "data/test.csv"
+    lines = [line.split(",") for line in test.read_text().splitlines()]
+    test.write_text("".join(",".join(line[::-1]) + "\n" for line in lines))
+    sh([sys.executable, "-m", "stages.evaluate"], repo)
+    after = {name: (repo / "metrics" / name).read_text() for name in before}
+    assert after == before

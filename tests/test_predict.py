@@ -709,3 +709,69 @@ def test_the_command_lists_its_subcommands_and_refuses_none(built_repo):
     assert "predict" in sh([sys.executable, "-m", "cali_reg", "--help"], built_repo).stdout
     proc = sh([sys.executable, "-m", "cali_reg"], built_repo, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: give a command: predict")
+
+
+# --- the model's schema, extra columns, the training range ---------------------------------
+
+
+def permuted_copy(path, out):
+    """The model at ``path`` with its first two features (and coefficients, ranges) swapped."""
+    doc = json.loads(path.read_text())
+    for values in (doc["feature_names"], doc["coef"], *doc["training_range"].values()):
+        values[0], values[1] = values[1], values[0]
+    out.write_text(json.dumps(doc, indent=2))
+    return out
+
+
+def test_a_model_file_with_features_permuted_predicts_what_the_original_does(built_repo, tmp_path):
+    permuted = permuted_copy(built_repo / "models/float.json", tmp_path / "permuted.json")
+    rows_csv = (built_repo / "data/sample.csv").read_text()
+    original = predict_cli(built_repo, "--model", "float", stdin=rows_csv, check=True).stdout
+    swapped = predict_cli(built_repo, "--model", str(permuted), stdin=rows_csv, check=True).stdout
+    assert len(original.splitlines()) == 100
+    # the same sums in another order: equal but for the last bits of float addition
+    np.testing.assert_allclose(values(swapped), values(original), rtol=1e-13, atol=1e-13)
+    sample = predict_cli(built_repo, "--model", str(permuted), "--sample", "3", check=True)
+    assert sample.stdout.startswith("Sample predictions: [0.719")
+
+
+def test_extra_columns_are_ignored_unless_strict_columns(built_repo):
+    text = HEADER + ",MedHouseVal\n" + ROW + ",4.5\n"
+    plain = predict_cli(built_repo, stdin=GOOD_CSV, check=True).stdout.splitlines()[0]
+    assert predict_cli(built_repo, stdin=text, check=True).stdout == plain + "\n"
+    proc = predict_cli(built_repo, "--strict-columns", stdin=text)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: CSV header: unexpected column 'MedHouseVal'; with --strict-columns the "
+        f"columns must be exactly {', '.join(FEATURES)} (any order)\n"
+    )
+
+
+def test_strict_range_refuses_a_row_outside_the_training_range(built_repo):
+    far = good_obj(Population=1e308)
+    text = jsonl([good_obj(), far])
+    loose = predict_cli(built_repo, stdin=text, check=True).stdout.splitlines()
+    assert len(loose) == 2  # predicted, however absurd
+    proc = predict_cli(built_repo, "--strict-range", stdin=text)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "error: row 2, column Population: 1e+308 is outside the training range "
+        "[3.0, 35682.0] (--strict-range)\n"
+    )
+
+
+def test_a_json_object_over_several_lines_and_an_mlflow_envelope_are_read(built_repo):
+    one = predict_cli(built_repo, stdin=jsonl([good_obj()]), check=True).stdout
+    pretty = predict_cli(built_repo, stdin=json.dumps(good_obj(), indent=4), check=True).stdout
+    assert pretty == one
+    split = {"dataframe_split": {"columns": list(FEATURES), "data": [ROW.split(",")]}}
+    split["dataframe_split"]["data"] = [[float(v) for v in ROW.split(",")]]
+    for doc in (split, {"dataframe_records": [good_obj()]}):
+        for text in (json.dumps(doc), json.dumps(doc, indent=2)):
+            assert predict_cli(built_repo, stdin=text, check=True).stdout == one
+
+
+def test_a_file_that_is_not_a_model_says_so(built_repo):
+    proc = predict_cli(built_repo, "--model", "data/sample.csv", stdin=GOOD_CSV)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "data/sample.csv is not a model file" in proc.stderr
+    assert "dvc repro" not in proc.stderr

@@ -4,12 +4,15 @@ import csv
 import http.client
 import io
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,18 +43,21 @@ class Server:
 
     def __init__(self, repo, *args):
         self.port = free_port()
+        # stdout (the access log) and stderr (granian's log, tracebacks) go to files
+        self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)  # noqa: SIM115
+        self.errors = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".err", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cali_reg", "serve", "--port", str(self.port), *args],
             cwd=repo,
             env=project_env(),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=self.errors,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"the server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+                pytest.fail(f"the server exited {self.proc.returncode}: {self.stderr()}")
             try:
                 if self.request("GET", "/ping")[0] == 200:
                     return
@@ -82,6 +88,11 @@ class Server:
         status, _, doc = self.request("POST", "/invocations", body, content_type, conn)
         return status, doc
 
+    def v2_infer(self, doc, path="/v2/models/quant-model/infer"):
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        status, _, answer = self.request("POST", path, body, "application/json")
+        return status, answer
+
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after a grace period; the exit code."""
         if self.proc.poll() is None:
@@ -91,8 +102,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.proc.stdout.close()
+        for f in (self.log, self.errors):
+            f.close()
         return self.proc.returncode
+
+    def access_log(self) -> list[str]:
+        return Path(self.log.name).read_text().splitlines()
+
+    def stderr(self) -> str:
+        return Path(self.errors.name).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +123,9 @@ def server(built_repo):
 @pytest.fixture(scope="module")
 def id_server(built_repo):
     srv = Server(
-        built_repo, "--id-column", "house_id", "--max-body-bytes", "2000", "--timeout", "1"
+        built_repo,
+        *("--id-column", "house_id", "--max-body-bytes", "2000", "--timeout", "1"),
+        *("--no-metrics", "--access-log", "off"),
     )
     yield srv
     srv.stop()
@@ -190,7 +210,9 @@ def test_health_and_version(server, built_repo):
         )
 
 
-def test_agrees_bit_for_bit_with_predict_on_the_test_split(server, built_repo, tmp_path):
+def test_agrees_bit_for_bit_with_predict_on_the_test_split_in_both_protocols(
+    server, built_repo, tmp_path
+):
     """Every row of data/test.csv, as CSV and as dataframe_split, against `cali-reg predict`."""
     with open(built_repo / "data" / "test.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -206,10 +228,17 @@ def test_agrees_bit_for_bit_with_predict_on_the_test_split(server, built_repo, t
     status, doc = server.post(text.getvalue(), "text/csv")
     assert status == 200, doc
     assert np.array_equal(bits(doc["predictions"]), want)
-    split = {"columns": list(FEATURES), "data": [[float(r[i]) for i in cols] for r in rows[1:]]}
+    data = [[float(r[i]) for i in cols] for r in rows[1:]]
+    split = {"columns": list(FEATURES), "data": data}
     status, doc = server.post({"dataframe_split": split})
     assert status == 200, doc
     assert np.array_equal(bits(doc["predictions"]), want)
+    # the Open Inference Protocol: one [N, 8] FP64 tensor
+    tensor = {"name": "x", "shape": [len(data), 8], "datatype": "FP64", "data": data}
+    status, doc = server.v2_infer({"inputs": [tensor]})
+    assert status == 200, doc
+    assert doc["outputs"][0]["shape"] == [len(data)]
+    assert np.array_equal(bits(doc["outputs"][0]["data"]), want)
 
 
 def test_id_column_passes_through(id_server, expected):
@@ -534,3 +563,326 @@ def test_startup_mistakes_are_one_line_exit_2(built_repo, tmp_path):
             assert proc.returncode == 2, (args, proc.stderr)
             assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
             assert words in proc.stderr
+
+
+# --- the Open Inference Protocol (KServe V2) --------------------------------------------
+
+V2_ROWS = {"name": "input-0", "shape": [2, 8], "datatype": "FP64", "data": [ROW, ROW2]}
+
+
+def test_v2_health_server_and_model_metadata(server, built_repo):
+    import hashlib
+
+    sha = hashlib.sha256((built_repo / "models" / "quant.json").read_bytes()).hexdigest()
+    status, _, doc = server.request("GET", "/v2")
+    assert status == 200 and doc["name"] == "cali-reg" and doc["extensions"] == []
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/quant-model/ready",
+        f"/v2/models/quant-model/versions/{sha}/ready",
+    ):
+        assert server.request("GET", path)[::2] == (200, None), path
+    for path in ("/v2/models/quant-model", f"/v2/models/quant-model/versions/{sha}"):
+        status, _, doc = server.request("GET", path)
+        assert status == 200
+        assert (doc["name"], doc["versions"]) == ("quant-model", [sha])
+        assert doc["inputs"] == [{"name": f, "datatype": "FP64", "shape": [-1]} for f in FEATURES]
+        assert doc["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    for path in (
+        "/v2/models/float-model",
+        "/v2/models/float-model/ready",
+        "/v2/models/quant-model/versions/1/ready",
+        f"/v2/models/quant-model/versions/{sha[:-1]}0",
+    ):
+        status, _, doc = server.request("GET", path)
+        assert status == 404 and set(doc) == {"error"}, path
+    status, doc = server.v2_infer(
+        {"inputs": [V2_ROWS]}, f"/v2/models/quant-model/versions/{sha}/infer"
+    )
+    assert status == 200 and doc["model_version"] == sha
+    assert server.v2_infer({"inputs": [V2_ROWS]}, "/v2/models/float-model/infer")[0] == 404
+
+
+def test_v2_infer_both_input_forms_echo_and_bits(server, expected):
+    per_feature = [
+        {"name": f, "shape": [2], "datatype": "FP64", "data": [ROW[i], ROW2[i]]}
+        for i, f in enumerate(FEATURES)
+    ]
+    nested = {**V2_ROWS, "data": [ROW, ROW2]}
+    flat = {**V2_ROWS, "data": ROW + ROW2}
+    for inputs in ([nested], [flat], per_feature[::-1]):
+        status, doc = server.v2_infer({"id": "r-1", "parameters": {"p": 1}, "inputs": inputs})
+        assert status == 200, doc
+        assert (doc["id"], doc["parameters"], doc["model_name"]) == ("r-1", {"p": 1}, "quant-model")
+        (out,) = doc["outputs"]
+        assert (out["name"], out["datatype"], out["shape"]) == ("predict", "FP64", [2])
+        assert np.array_equal(bits(out["data"]), bits(expected))
+
+
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        (b"", 400, "the body is empty"),
+        (b"{", 400, "not valid JSON"),
+        ({"inputs": [{**V2_ROWS, "shape": [2, 7]}]}, 400, "shape [2, 7] has 7 columns"),
+        ({"inputs": [{**V2_ROWS, "datatype": "BYTES"}]}, 400, "datatype BYTES"),
+        ({"inputs": [{**V2_ROWS, "data": ROW}]}, 400, "data holds 8 values, shape [2, 8] needs 16"),
+        (
+            {"inputs": [{**V2_ROWS, "data": [ROW, [*ROW[:4], "x", *ROW[5:]]]}]},
+            400,
+            'row 2, column Population: "x" is not a number',
+        ),
+        ({"inputs": [{**V2_ROWS, "data": [ROW, [*ROW[:7], None]]}]}, 400, "column Longitude"),
+        ({"id": 7, "inputs": [V2_ROWS]}, 400, "id must be a string"),
+    ],
+)
+def test_v2_client_mistakes_are_4xx_json(server, body, status, words):
+    got, doc = server.v2_infer(body)
+    assert got == status, doc
+    assert set(doc) == {"error"} and words in doc["error"]
+
+
+def test_v2_wrong_method_and_unknown_v2_path(server):
+    status, headers, doc = server.request("GET", "/v2/models/quant-model/infer")
+    assert status == 405 and headers["allow"] == "POST" and set(doc) == {"error"}
+    status, _, doc = server.request("GET", "/v2/nothing")
+    assert status == 404 and set(doc) == {"error"}
+
+
+v2_tensors = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from([*FEATURES, "input-0"]) | json_values,
+        "shape": st.lists(st.integers(-1, 9), max_size=3) | json_values,
+        "datatype": st.sampled_from(["FP64", "FP32", "INT64", "BYTES"]) | json_values,
+        "data": st.lists(cells | st.lists(cells, max_size=9), max_size=9) | json_values,
+    }
+)
+v2_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"inputs": st.lists(v2_tensors, max_size=9) | json_values},
+        optional={"id": json_values, "parameters": json_values, "outputs": json_values},
+    ),
+    # well-formed [N, 8] tensors whose data length may not match the shape
+    st.builds(
+        lambda n, data: {
+            "inputs": [{"name": "x", "shape": [n, 8], "datatype": "FP64", "data": data}]
+        },
+        st.integers(0, 3),
+        st.lists(st.floats(-1e3, 1e3) | cells, max_size=30),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(v2_bodies.map(json.dumps), st.binary(max_size=100)))
+def test_any_v2_body_gets_an_answer_or_a_4xx_json_error(server, body):
+    status, doc = server.v2_infer(body.encode() if isinstance(body, str) else body)
+    assert status == 200 or 400 <= status < 500, doc
+    if status == 200:
+        assert np.isfinite(doc["outputs"][0]["data"]).all()
+    else:
+        assert set(doc) == {"error"} and "\n" not in doc["error"]
+
+
+# --- metrics and the access log --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counted(built_repo):
+    """Two workers, strict checks, the access log as JSON lines."""
+    srv = Server(
+        built_repo,
+        *("--workers", "2", "--strict-columns", "--strict-range", "--access-log", "json"),
+    )
+    yield srv
+    srv.stop()
+
+
+def scrape(srv) -> dict:
+    """{(sample name, frozen labels): value} of /metrics, parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/plain")
+    text = resp.read().decode()
+    conn.close()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def delta(before, after, name, **labels):
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def test_metrics_are_exact_across_two_workers(counted, built_repo):
+    import hashlib
+
+    far = dict(zip(FEATURES, ROW, strict=True)) | {"Population": 1e308}
+    before = scrape(counted)
+    k = 60
+    for i in range(k):  # a new connection each time, so both workers answer
+        if i % 3 == 0:
+            assert counted.post({"dataframe_records": _records()})[0] == 200
+        elif i % 3 == 1:
+            assert counted.v2_infer({"inputs": [V2_ROWS]})[0] == 200
+        else:
+            assert counted.post({"dataframe_records": [far]})[0] == 400
+    assert counted.post({"dataframe_records": [{**far, "x": 1}]})[0] == 400
+    assert counted.request("GET", "/nowhere")[0] == 404
+    after = scrape(counted)
+
+    count = "cali_reg_requests_total"
+    assert delta(before, after, count, endpoint="/invocations", code="200") == k // 3
+    assert delta(before, after, count, endpoint="/invocations", code="400") == k // 3 + 1
+    assert delta(before, after, count, endpoint="/v2/models/{name}/infer", code="200") == k // 3
+    assert delta(before, after, count, endpoint="other", code="404") == 1
+    assert delta(before, after, count, endpoint="/metrics", code="200") == 1  # the first scrape
+    hist = "cali_reg_request_duration_seconds"
+    assert delta(before, after, hist + "_count", endpoint="/invocations") == 2 * k // 3 + 1
+    assert delta(before, after, hist + "_bucket", endpoint="/invocations", le="+Inf") == (
+        2 * k // 3 + 1
+    )
+    rows = "cali_reg_rows_predicted_total"
+    assert delta(before, after, rows, protocol="mlflow") == 2 * k // 3
+    assert delta(before, after, rows, protocol="v2") == 2 * k // 3
+    errors = "cali_reg_client_errors_total"
+    assert delta(before, after, errors, kind="range") == k // 3
+    assert delta(before, after, errors, kind="columns") == 1
+    assert delta(before, after, errors, kind="not_found") == 1
+    assert after[("cali_reg_requests_in_flight", frozenset())] == 1  # this scrape
+    sha = hashlib.sha256((built_repo / "models" / "quant.json").read_bytes()).hexdigest()
+    model = load_model(built_repo / "models" / "quant.json")
+    info = {
+        "name": "quant-model",
+        "version": sha,
+        "scheme": model.scheme,
+        "bits": str(model.bits),
+    }
+    assert after[("cali_reg_model_info", frozenset(info.items()))] == 1
+    # the access log: one JSON line per request; the last scrape is not in its own counts
+    lines = [json.loads(line) for line in counted.access_log()]
+    assert len(lines) == sum(v for (n, _), v in after.items() if n == count) + 1
+    assert set(lines[-1]) == {"time", "method", "path", "status", "duration_ms", "rows"}
+    infer = [x for x in lines if x["path"] == "/v2/models/quant-model/infer"]
+    assert len(infer) == k // 3 and all(x["rows"] == 2 and x["status"] == 200 for x in infer)
+    assert "Traceback" not in counted.stderr()  # a 4xx logs no traceback
+
+
+def test_rows_outside_the_training_range_are_counted_by_feature(server):
+    far = dict(zip(FEATURES, ROW, strict=True)) | {"Population": 1e308, "Latitude": 0.0}
+    before = scrape(server)
+    status, doc = server.post(
+        {"dataframe_records": [far, far, dict(zip(FEATURES, ROW, strict=True))]}
+    )
+    assert status == 200 and len(doc["predictions"]) == 3
+    after = scrape(server)
+    name = "cali_reg_rows_outside_training_range_total"
+    assert delta(before, after, name, feature="Population") == 2
+    assert delta(before, after, name, feature="Latitude") == 2
+    assert delta(before, after, name, feature="MedInc") == 0
+
+
+def test_the_text_access_log_has_one_line_per_request(server):
+    server.request("GET", "/ping?x=1")
+    server.post({"dataframe_records": _records()})
+    last = server.access_log()[-2:]
+    stamp = r"\d\d\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\dZ"
+    assert re.fullmatch(stamp + r" GET /ping 200 [\d.]+ms rows=0", last[0]), last
+    assert re.fullmatch(stamp + r" POST /invocations 200 [\d.]+ms rows=2", last[1]), last
+
+
+def test_no_metrics_and_no_access_log(id_server):
+    status, _, doc = id_server.request("GET", "/metrics")
+    assert status == 404 and "--no-metrics" in doc["message"]
+    assert id_server.access_log() == []
+
+
+# --- the app in process: what a bug logs, and what a client mistake does not ---------------
+
+
+class FakeScope:
+    proto, method = "http", "POST"
+
+    def __init__(self, path, body):
+        self.path = path
+        self.headers = {"content-type": "application/json", "content-length": str(len(body))}
+
+
+class FakeProto:
+    def __init__(self, body):
+        self.body = body
+
+    async def __call__(self):
+        return self.body
+
+    def response_bytes(self, status, headers, body):
+        self.answer = (status, dict(headers), json.loads(body) if body else None)
+
+
+def call(app, path, body: bytes):
+    import asyncio
+
+    proto = FakeProto(body)
+    asyncio.run(app.__rsgi__(FakeScope(path, body), proto))
+    return proto.answer
+
+
+def test_a_bug_is_a_500_with_its_traceback_in_the_log_and_a_4xx_is_not(
+    tmp_path, monkeypatch, capfd
+):
+    from cali_reg import scoring, serve
+    from cali_reg.model import FloatModel, dumps
+
+    path = tmp_path / "float.json"
+    path.write_text(dumps(FloatModel(FEATURES, np.ones(8), 0.0)))
+    app = serve.App(path, access_log="json")
+    status, _, doc = call(app, "/invocations", b'{"dataframe_records": []}')
+    assert status == 400
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out)["status"] == 400
+
+    def bug(*args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(scoring, "invocations", bug)
+    monkeypatch.setattr(scoring, "v2_infer", bug)
+    body = json.dumps({"dataframe_records": _records()}).encode()
+    status, _, doc = call(app, "/invocations", body)
+    assert (status, doc["error_code"]) == (500, "INTERNAL_ERROR")
+    assert "ZeroDivisionError" in doc["message"] and "Traceback" not in doc["message"]
+    status, _, doc = call(app, "/v2/models/float-model/infer", body)
+    assert status == 500 and set(doc) == {"error"}
+    captured = capfd.readouterr()
+    assert captured.err.count("Traceback") == 2 and "ZeroDivisionError: a bug" in captured.err
+    assert [json.loads(line)["status"] for line in captured.out.splitlines()] == [500, 500]
+
+
+def test_a_model_file_with_features_permuted_serves_what_the_original_does(built_repo, tmp_path):
+    doc = json.loads((built_repo / "models/float.json").read_text())
+    for values in (doc["feature_names"], doc["coef"], *doc["training_range"].values()):
+        values[0], values[1], values[7] = values[7], values[0], values[1]
+    permuted = tmp_path / "permuted.json"
+    permuted.write_text(json.dumps(doc))
+    text = (built_repo / "data/sample.csv").read_text()
+    want = sh(
+        [sys.executable, "-m", "cali_reg", "predict", "--model", "float"], built_repo, input=text
+    ).stdout.split()
+    srv = Server(built_repo, "--model", str(permuted), "--workers", "1")
+    try:
+        status, answer = srv.post(text, "text/csv")
+        _, _, meta = srv.request("GET", "/v2/models/permuted")
+    finally:
+        srv.stop()
+    assert status == 200 and len(answer["predictions"]) == len(want) == 100
+    # the same sums in another order: equal but for the last bits of float addition
+    np.testing.assert_allclose(answer["predictions"], np.array(want, float), rtol=1e-13)
+    assert [t["name"] for t in meta["inputs"]] == doc["feature_names"]

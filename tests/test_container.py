@@ -16,13 +16,15 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.venvs import ROOT
 
 CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 TAG = "localhost/cali-reg:test"  # rebuilt by each run, so its layers are the cache
 START_TIMEOUT = 60
 pytestmark = [
     pytest.mark.slow,
+    # under pytest-xdist, one worker runs them all, so the image is built once
+    pytest.mark.xdist_group("container"),
     pytest.mark.skipif(not CONTAINER_CHECK.exists(), reason="no ../shared/tools/container-check"),
 ]
 

@@ -13,8 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.venvs import tool_python
+from tests.venvs import ROOT, tool_python
 
 DEPLOY_PINS = ["kubernetes-validate==1.37.0", "jsonschema==4.26.0"]
 # the oldest and the newest Kubernetes the validator ships schemas for

@@ -15,8 +15,7 @@ import pytest
 
 from cali_reg.data import FEATURES
 from cali_reg.model import load_model
-from tests.conftest import ROOT, sh
-from tests.venvs import tool_python
+from tests.venvs import ROOT, tool_python
 
 V2_CLIENT_PINS = ["tritonclient[http]==2.73.0"]
 N_ROWS = 50
@@ -77,7 +76,14 @@ def test_tritonclient_health_metadata_and_inference(
 
     # FP64 answers are `cali-reg predict`'s, bit for bit, however the rows are sent
     csv = ",".join(FEATURES) + "\n" + "\n".join(",".join(map(repr, r)) for r in rows.tolist())
-    out = sh([sys.executable, "-m", "cali_reg", "predict", "--model", model], built_repo, input=csv)
+    out = subprocess.run(
+        [sys.executable, "-m", "cali_reg", "predict", "--model", model],
+        cwd=built_repo,
+        input=csv,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     expected = np.array([float(v) for v in out.stdout.split()])
     for key in ("fp64", "fp64_pinned", "default_outputs", "columns"):
         got = np.array(seen[key]["values"], dtype=np.float64).ravel()

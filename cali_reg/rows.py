@@ -191,10 +191,18 @@ def object_row(obj: object, at: str, schema: Schema) -> tuple[list[float], str]:
 
 
 def _object_chunks(objects: Iterable[tuple[object, str]], schema: Schema, chunk_rows: int):
-    values, ids, with_ids = [], [], False
-    for obj, at in objects:
+    objects = iter(objects)
+    first = next(objects, None)
+    if first is None:
+        return
+    if not schema.id_required and schema.id_column is not None:
+        # An id a request may add: if its first row has it, every row must.
+        has_id = isinstance(first[0], dict) and schema.id_column in first[0]
+        schema = schema._replace(id_column=schema.id_column if has_id else None, id_required=True)
+    with_ids = schema.id_column is not None
+    values, ids = [], []
+    for obj, at in itertools.chain([first], objects):
         row, row_id = object_row(obj, at, schema)
-        with_ids = with_ids or (schema.id_column is not None and schema.id_column in obj)
         values.append(row)
         ids.append(row_id)
         if len(values) == chunk_rows:

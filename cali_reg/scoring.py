@@ -63,6 +63,7 @@ class Served(NamedTuple):
     schema: Schema
     strict_range: bool
     info: bytes  # the JSON of /version and /metadata
+    count_outside: bool = True  # count rows outside the training range (for the metrics)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -74,8 +75,13 @@ def load_served(
     id_column: str | None = None,
     strict_columns: bool = False,
     strict_range: bool = False,
+    count_outside: bool = True,
 ) -> Served:
-    """The model file at ``path``, ready to serve; UserError (one line) if it cannot be."""
+    """The model file at ``path``, ready to serve; UserError (one line) if it cannot be.
+
+    ``count_outside``: answers carry, per feature, the rows outside the training range
+    (what the metrics count); off, that check costs nothing unless ``strict_range``.
+    """
     data = Path(path).read_bytes() if Path(path).is_file() else b""
     model = load_model(path)
     features = tuple(model.feature_names)
@@ -103,7 +109,7 @@ def load_served(
         ),
     }
     schema = Schema(features, id_column, False, strict_columns)
-    return Served(model, name, version, schema, strict_range, orjson.dumps(info))
+    return Served(model, name, version, schema, strict_range, orjson.dumps(info), count_outside)
 
 
 class Answer(NamedTuple):
@@ -118,7 +124,7 @@ def predict(served: Served, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     """Predictions for the rows ``X`` (model order), and per feature the rows outside its range."""
     training_range = served.model.training_range
     outside = None
-    if training_range is not None:
+    if training_range is not None and (served.strict_range or served.count_outside):
         if served.strict_range:
             check_range(X, served.features, training_range)
         out = outside_range(X, training_range)

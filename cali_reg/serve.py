@@ -162,7 +162,9 @@ class App:
         from cali_reg import scoring
 
         self.scoring = scoring
-        self.served = scoring.load_served(path, id_column, strict_columns, strict_range)
+        self.served = scoring.load_served(
+            path, id_column, strict_columns, strict_range, count_outside=metrics
+        )
         self.max_body_bytes = max_body_bytes
         self.timeout = timeout
         self.access_log = None if access_log == "off" else access_log

@@ -252,3 +252,13 @@ def test_strict_range_names_row_column_and_range():
         "(--strict-range)"
     )
     assert info.value.kind == "range"
+
+
+def test_an_id_a_request_may_add_is_then_needed_on_every_row():
+    schema = Schema(FEATURES, "id", id_required=False)
+    doc = {"dataframe_records": [records()[0] | {"id": "a"}, records()[1] | {"id": 7}]}
+    assert rows.mlflow_rows(doc, schema).ids == ["a", "7"]
+    assert rows.mlflow_rows({"dataframe_records": records()}, schema).ids is None
+    doc["dataframe_records"][1].pop("id")
+    with pytest.raises(RowsError, match="row 2: id key 'id' missing"):
+        rows.mlflow_rows(doc, schema)

@@ -44,8 +44,9 @@ def server_container(doc: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def validate(tmp_path_factory):
-    """Run tests/deploy_check.py in the deploy venv: {(kind, name): result} per file."""
+def validate():
+    """A function that runs tests/deploy_check.py in the deploy venv on some manifest files
+    and gives its result for each resource in them."""
     python = tool_python("deploy", DEPLOY_PINS)
 
     def run(*paths) -> list[dict]:

@@ -163,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=FORMATS,
         default="auto",
-        help="input format (default: auto, from the first non-blank character)",
+        help="input format: csv, jsonl (JSON lines) or json (one document: an array, an object "
+        "or an MLflow envelope); default: auto, from the first non-blank line",
     )
     parser.add_argument(
         "--id-column",

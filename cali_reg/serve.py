@@ -478,7 +478,14 @@ def main(args: argparse.Namespace) -> None:
     metrics_dir = None
     if not args.no_metrics:
         # A fresh folder per run: prometheus_client's multiprocess files must not outlive it.
-        metrics_dir = tempfile.mkdtemp(prefix="cali-reg-metrics-")
+        try:
+            metrics_dir = tempfile.mkdtemp(prefix="cali-reg-metrics-")
+        except OSError as err:
+            raise UserError(
+                f"cannot make the metrics folder in {tempfile.gettempdir()} ({err.strerror}); "
+                "point TMPDIR at a writable folder (a read-only container: mount one at /tmp), "
+                "or start with --no-metrics"
+            ) from None
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     server = Granian(
         "cali_reg.serve:create_app",

@@ -57,7 +57,9 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"the server exited {self.proc.returncode}: {self.stderr()}")
+                message = self.stderr()
+                self.stop()
+                pytest.fail(f"the server exited {self.proc.returncode}: {message}")
             try:
                 if self.request("GET", "/ping")[0] == 200:
                     return
@@ -104,6 +106,7 @@ class Server:
                 self.proc.wait()
         for f in (self.log, self.errors):
             f.close()
+            Path(f.name).unlink(missing_ok=True)
         return self.proc.returncode
 
     def access_log(self) -> list[str]:
@@ -886,3 +889,25 @@ def test_a_model_file_with_features_permuted_serves_what_the_original_does(built
     # the same sums in another order: equal but for the last bits of float addition
     np.testing.assert_allclose(answer["predictions"], np.array(want, float), rtol=1e-13)
     assert [t["name"] for t in meta["inputs"]] == doc["feature_names"]
+
+
+def test_access_lines_are_one_line_whatever_the_path():
+    from cali_reg.serve import access_line
+
+    path = '/x"y\\z' + "é" * 1000
+    doc = json.loads(access_line("json", "GET", path, 404, 0.0012345, 0))
+    assert doc["path"] == path[:512] and doc["duration_ms"] == 1.234 and doc["status"] == 404
+    text = access_line("text", "POST", "/invocations", 200, 0.0005, 3).decode()
+    assert text.endswith(" POST /invocations 200 0.5ms rows=3\n") and text.count("\n") == 1
+    assert len(access_line("text", "GET", path, 404, 0.0, 0)) < 4096  # one atomic write
+
+
+def test_routes():
+    from cali_reg.scoring import v2_route
+    from cali_reg.serve import route_of
+
+    assert route_of("/invocations", v2_route).handler == "invocations"
+    infer = route_of("/v2/models/m/versions/v/infer", v2_route)
+    assert (infer.endpoint, infer.name, infer.version) == ("/v2/models/{name}/infer", "m", "v")
+    assert route_of("/v2/models/m/versions/v/other", v2_route) is None
+    assert route_of("/invocations/", v2_route) is None

@@ -5,7 +5,7 @@
 #   docker run --rm cali-reg                               # Sample predictions: [...]
 #   docker run -i --rm cali-reg < rows.csv                 # one prediction per row
 #   docker run -i --rm cali-reg predict --id-column id < rows.csv
-#   docker run --rm -p 8080:8080 cali-reg serve           # HTTP, MLflow's scoring protocol
+#   docker run --rm -p 8080:8080 cali-reg serve           # HTTP: MLflow's protocol and V2
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,9 +31,11 @@ COPY data/sample.csv data/
 
 USER 10001
 EXPOSE 8080
-# For `serve` (the default command exits after printing the sample).
+# For `serve` (the default command exits after printing the sample): the Open Inference
+# Protocol's readiness, as deploy/'s probes ask it. Podman keeps it only in Docker's image
+# format: `podman build --format docker` (docs/docker.md).
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2)"]
 ENTRYPOINT ["cali-reg"]
 # Print the sample when nothing is piped in; with `docker run -i ... < rows.csv`, predict rows.
 CMD ["predict", "--sample-if-no-input", "5"]

@@ -24,8 +24,10 @@ import yaml
 
 from cali_reg.data import COLUMNS, FEATURES, TARGET, read_table
 from cali_reg.errors import UserError
+from cali_reg.formats import FORMATS
 from cali_reg.model import QuantizedModel, load_model
-from cali_reg.robustness import VARIANTS
+from cali_reg.quantize import AUTO
+from cali_reg.robustness import BEST_SETTINGS, SELECTED, repeated
 
 ARTIFACT = "quant-model"  # its name under artifacts: in dvc.yaml, and on the V2 endpoint
 LICENSE = "mit"  # the project's (LICENSE, pyproject.toml), in the Hub's spelling
@@ -44,7 +46,11 @@ METRICS = {"r2": "R²", "rmse": "RMSE ($100k)", "mae": "MAE ($100k)"}
 PORT = 8080  # cali-reg serve's default
 MLFLOW_TYPE, V2_DATATYPE = "double", "FP64"  # every input is a float64 column
 # The params the card quotes by name; the quantize section is quoted whole, whatever its keys.
-PARAMS_QUOTED = {"split": ("test_size", "seed"), "quantize": (), "robustness": ("splits",)}
+PARAMS_QUOTED = {
+    "split": ("test_size", "seed"),
+    "quantize": ("scheme", "bits", "margin"),
+    "robustness": ("splits", "margin"),
+}
 
 
 class Facts(NamedTuple):
@@ -103,26 +109,147 @@ def sha256_of(path: Path | str) -> str:
 # --- what the card says -------------------------------------------------------------
 
 
-def robustness_rows(facts: Facts) -> tuple[str, list[dict]] | None:
-    """The served model's variant in the robustness table: its label and its rows by width.
+def selection_row(facts: Facts) -> tuple[dict | None, str]:
+    """The robustness row of the selection by margin that chose the served model.
 
-    The variant is the one whose scheme is the model file's and whose other settings
+    (row, "") when the robustness stage repeated this very selection: scheme and
+    bits both auto, its settings, at quantize.margin (row ``selected-m<margin>``).
+    (None, why) when the model was chosen by margin but that selection was not
+    measured; (None, "") when scheme and bits were fixed, so nothing was selected.
+    """
+    quantize, rob = facts.params["quantize"], facts.params["robustness"]
+    if quantize["scheme"] != AUTO and quantize["bits"] != AUTO:
+        return None, ""
+    if quantize["scheme"] != AUTO or quantize["bits"] != AUTO:
+        return None, "the robustness stage repeats it with scheme and bits both auto only"
+    for key, value in BEST_SETTINGS.items():
+        if quantize.get(key) != value:
+            return None, f"the robustness stage selects with `{key}: {json.dumps(value)}`"
+    name = f"{SELECTED}-m{quantize['margin']:g}"
+    rows = [r for r in facts.robustness if r.get("variant") == name and r.get("bits") == "0"]
+    if len(rows) != 1:
+        return None, (
+            f"`plots/robustness.csv` has no `{name}` row "
+            f"(the robustness stage selects at `robustness.margin: {json.dumps(rob['margin'])}`)"
+        )
+    return rows[0], ""
+
+
+def variant_rows(facts: Facts) -> tuple[str, list[dict]] | None:
+    """The served model's format as the robustness stage repeats it: its name and rows by width.
+
+    The repeated variant whose scheme is the model file's and whose other settings
     agree with params.yaml's quantize section, with a row at the model's width and
     payload. None when no variant (or more than one) fits: the table was not measured
     for these settings, and the card says so rather than quote another variant.
     """
     model, quantize = facts.model, facts.params["quantize"]
     fits = []
-    for name, settings in VARIANTS.items():
-        if settings.get("scheme") != model.scheme:
+    for name, settings in repeated().items():
+        if settings["scheme"] != model.scheme:
             continue
-        if any(key in quantize and quantize[key] != v for key, v in settings.items()):
+        if any(quantize.get(k) != v for k, v in settings.items() if k != "scheme"):
             continue
         rows = [r for r in facts.robustness if r.get("variant") == name]
         served = [r for r in rows if r["bits"] == str(model.bits)]
-        if served and served[0]["payload_bytes"] == str(model.payload_bytes):
-            fits.append((f"variant `{name}`, “{rows[0]['label']}”", rows))
+        if len(served) == 1 and served[0]["payload_bytes"] == str(model.payload_bytes):
+            fits.append((name, rows))
     return fits[0] if len(fits) == 1 else None
+
+
+def how_chosen(facts: Facts) -> str:
+    """How params.yaml's quantize section chose the served format and width, in words."""
+    quantize = facts.params["quantize"]
+    scheme, bits, margin = quantize["scheme"], quantize["bits"], quantize["margin"]
+    if scheme != AUTO and bits != AUTO:
+        return (
+            f"Format and width are fixed in `params.yaml` (`scheme: {scheme}`, `bits: {bits}`), "
+            "so `margin` is not used."
+        )
+    pool = "every format" if scheme == AUTO else f"`{scheme}`"
+    pool += " at every width it offers" if bits == AUTO else f" at {bits} bits"
+    return (
+        f"Format and width were chosen by margin (`scheme: {scheme}`, `bits: {bits}` in "
+        f"`params.yaml`): of {pool}, the smallest payload whose training R² is at most "
+        f"`margin` = {margin} below the float model's (among equal payloads the most "
+        "accurate; the most accurate of all if none is within it)."
+    )
+
+
+def format_reads(scheme: str, quantize: dict) -> str:
+    """ "; the `x` format uses ... and ignores ...": the quantize settings beyond scheme,
+    bits and margin, as the format reads them ("" if there are none)."""
+    others = [k for k in quantize if k not in ("scheme", "bits", "margin")]
+    used = [k for k in others if k in FORMATS[scheme].reads]
+    ignored = [k for k in others if k not in FORMATS[scheme].reads]
+    verbs = [
+        f"{verb} {', '.join(f'`{k}`' for k in keys)}"
+        for verb, keys in (("uses", used), ("ignores", ignored))
+        if keys
+    ]
+    return f"; the `{scheme}` format " + " and ".join(verbs) if verbs else ""
+
+
+def robustness_text(facts: Facts) -> str:
+    """The 20-split paragraph: the selection's row, then the served format at every width.
+
+    Only rows measured for the served model's own selection and settings are quoted;
+    otherwise the text says which are missing.
+    """
+    model, quantize = facts.model, facts.params["quantize"]
+    splits = facts.params["robustness"]["splits"]
+    over = f"{splits} seeded train/test splits (random_state 0 to {splits - 1})"
+    selected, why_not = selection_row(facts)
+    variant = variant_rows(facts)
+    parts = []
+    if selected is not None:
+        parts.append(
+            f"The selection itself (scheme and bits `auto`, margin {quantize['margin']}) "
+            f"repeated on {over}, the float model re-fitted and the format and width chosen "
+            f"on each split's training rows (row `{selected['variant']}` of "
+            f"`plots/robustness.csv`): it picked payloads of at most "
+            f"{selected['payload_bytes']} bytes; the test R² moved by "
+            f"{selected['test_delta_r2_mean']} on average and by "
+            f"{selected['test_delta_r2_worst']} on the worst split, the training R² by "
+            f"{selected['train_delta_r2_mean']} on average and by "
+            f"{selected['train_delta_r2_worst']} on the worst split."
+        )
+    elif why_not:
+        parts.append(
+            f"The selection by margin that chose this model was not repeated over the "
+            f"splits for these settings: {why_not}."
+        )
+    if variant is None:
+        parts.append(
+            f"`plots/robustness.csv` has no variant with this model's format and settings "
+            f"({model.scheme}, {model.bits} bits, {_settings(quantize)}), so no figure of "
+            "it over many splits is quoted."
+        )
+        return "\n\n".join(parts)
+    name, rows = variant
+    served = next(r for r in rows if r["bits"] == str(model.bits))
+    who = f"variant `{name}`, “{rows[0]['label']}”"
+    if selected is not None:
+        intro = (
+            f"The served format alone ({who}) at each width over the same splits, the "
+            f"codes chosen on each split's training rows (this model's width in bold):"
+        )
+    else:
+        intro = (
+            f"The fit and this quantisation ({who}) repeated on {over}, the codes chosen "
+            f"on each split's training rows: at {model.bits} bits the test R² moves by "
+            f"{served['test_delta_r2_mean']} on average and by "
+            f"{served['test_delta_r2_worst']} on the worst split. Every width of the "
+            "variant (`plots/robustness.csv`; this model's in bold):"
+        )
+    keys = ("bits", "payload_bytes", "test_delta_r2_mean", "test_delta_r2_worst")
+    keys += ("train_delta_r2_worst",)
+    table = _table(
+        ["bits", "payload (bytes)", "mean test ΔR²", "worst test ΔR²", "worst training ΔR²"],
+        [[f"**{r[k]}**" if r is served else r[k] for k in keys] for r in rows],
+    )
+    parts.append(f"{intro}\n\n{table}")
+    return "\n\n".join(parts)
 
 
 def eval_results(facts: Facts) -> list[dict]:
@@ -231,8 +358,9 @@ def render(facts: Facts) -> str:
     target = facts.train[:, -1]
     example = dict(zip(names, facts.example.tolist(), strict=True))
     answer = schema["output_example"][0]
-    split, rob = facts.params["split"], facts.params["robustness"]
+    split, splits = facts.params["split"], facts.params["robustness"]["splits"]
     settings = _settings(facts.params["quantize"])
+    reads = format_reads(model.scheme, facts.params["quantize"])
     header = yaml.safe_dump(metadata(facts), sort_keys=False, allow_unicode=True)
 
     mlflow_body = {"dataframe_split": {"columns": names, "data": [facts.example.tolist()]}}
@@ -253,42 +381,6 @@ def render(facts: Facts) -> str:
             for label, m in (("float (float64)", flt), (f"**{ARTIFACT}**", quant))
         ],
     )
-    measured = robustness_rows(facts)
-    splits = rob["splits"]
-    if measured is None:
-        robustness = (
-            f"`plots/robustness.csv` has no variant with this model's settings "
-            f"({model.scheme}, {model.bits} bits, {settings}), so "
-            "no figure over many splits is quoted for it."
-        )
-    else:
-        label, rows = measured
-        served = next(r for r in rows if r["bits"] == str(model.bits))
-        robustness = (
-            f"The fit and this quantisation ({label}) repeated on {splits} seeded train/test "
-            f"splits (random_state 0 to {splits - 1}): at "
-            f"{model.bits} bits the test R² moves by {served['test_delta_r2_mean']} on average "
-            f"and by {served['test_delta_r2_worst']} on the worst split. Every width of the "
-            f"variant (`plots/robustness.csv`; this model's in bold):\n\n"
-            + _table(
-                ["bits", "payload (bytes)", "mean test ΔR²", "worst test ΔR²"],
-                [
-                    [
-                        *(
-                            f"**{r[k]}**" if r is served else r[k]
-                            for k in (
-                                "bits",
-                                "payload_bytes",
-                                "test_delta_r2_mean",
-                                "test_delta_r2_worst",
-                            )
-                        )
-                    ]
-                    for r in rows
-                ],
-            )
-        )
-
     preds = facts.test_predictions
     return f"""---
 {header}---
@@ -345,8 +437,10 @@ them (`models/schema.json`):
 The float model's {n_features} coefficients become {model.bits}-bit codes under the
 `{model.scheme}` scheme; the stored arrays that inference needs take
 {quant["payload_bytes"]} bytes against {flt["payload_bytes"]} for the float64 weights (ratio
-{cmp_["size_ratio"]}). Settings (`params.yaml`, section `quantize`): {settings}.
-How the schemes work: `docs/quantisation.md` in the repository.
+{cmp_["size_ratio"]}). How the formats work and how their bytes are laid out:
+`docs/quantisation.md` in the repository.
+
+{how_chosen(facts)} Settings (`params.yaml`, section `quantize`): {settings}{reads}.
 
 On the test split, quantised minus float: R² {cmp_["delta_r2"]}, RMSE {cmp_["delta_rmse"]},
 MAE {cmp_["delta_mae"]}; the largest change of a single prediction is
@@ -356,7 +450,7 @@ MAE {cmp_["delta_mae"]}; the largest change of a single prediction is
 
 ### Over {splits} splits
 
-{robustness}
+{robustness_text(facts)}
 
 ## How to use it
 
@@ -430,6 +524,13 @@ def load_facts(paths: dict[str, str], params: dict) -> Facts:
             f"{paths['model']} expects features {', '.join(model.feature_names)}, "
             f"not the data's {', '.join(FEATURES)}; re-run 'dvc repro -f quantize'"
         )
+    quantize = params["quantize"]
+    for key, value in (("scheme", model.scheme), ("bits", model.bits)):
+        if quantize[key] not in (AUTO, value):
+            raise UserError(
+                f"{paths['model']} is {model.scheme} at {model.bits} bits, but params.yaml has "
+                f"quantize.{key}: {quantize[key]}; re-run 'dvc repro' to rebuild the model"
+            )
     # the data's columns in the model's order, the target last
     order = [FEATURES.index(name) for name in model.feature_names]
     train = read_table(paths["train"], COLUMNS)[:, [*order, len(FEATURES)]]

@@ -1,8 +1,10 @@
 """The model card and input schema: parsed by Hugging Face's own parser, figures from the files."""
 
+import csv
 import hashlib
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -140,25 +142,141 @@ print(json.dumps([[float(lo), float(hi)] for lo, hi in zip(X.min(0), X.max(0))])
 """
 
 
-def test_the_robustness_figures_are_the_served_variants_row(built_repo):
+def robustness_csv(repo) -> dict:
+    """plots/robustness.csv read independently of the card: {(variant, bits): row}."""
+    with (repo / "plots/robustness.csv").open(newline="") as fh:
+        return {(r["variant"], r["bits"]): r for r in csv.DictReader(fh)}
+
+
+def served_as(facts, **settings):
+    """The facts with the model re-quantised from the float model at ``settings`` (scheme and
+    bits fixed), and params.yaml's quantize section saying so, as `dvc exp run -S` would."""
+    from cali_reg.data import read_xy
+    from cali_reg.model import FloatModel, load_model
+    from cali_reg.quantize import quantize
+
+    repo = Path(facts.model_path).parents[1]
+    fmodel = load_model(repo / "models/float.json", expect=FloatModel)
+    params = facts.params["quantize"] | settings
+    kw = {k: params[k] for k in ("padding", "half_width", "rounding", "refit_intercept")}
+    model = quantize(
+        fmodel.coef,
+        fmodel.intercept,
+        scheme=settings["scheme"],
+        bits=settings["bits"],
+        feature_names=fmodel.feature_names,
+        calibration=read_xy(repo / "data/train.csv"),
+        **kw,
+    )
+    return facts._replace(model=model, params=facts.params | {"quantize": params})
+
+
+def test_the_default_selection_is_quoted_from_its_selected_row(built_repo):
+    """Chosen by margin: the selected-m<margin> row, then the served format at every width."""
     facts = facts_of(built_repo)
-    label, rows = card.robustness_rows(facts)
-    assert "pow2-optimal-refit" in label
-    served = next(r for r in rows if r["bits"] == str(facts.model.bits))
+    quantize = facts.params["quantize"]
+    assert quantize["scheme"] == quantize["bits"] == "auto", "written for selection by margin"
+    table = robustness_csv(built_repo)
+    selected = table[f"selected-m{quantize['margin']:g}", "0"]
     text = card.render(facts)
-    assert f"by {served['test_delta_r2_worst']} on the worst split" in text
-    assert f"**{served['test_delta_r2_worst']}**" in text
+    section = text.split("### Over ")[1].split("## How to use it")[0]
+    for key in ("test_delta_r2_mean", "test_delta_r2_worst", "train_delta_r2_mean"):
+        assert selected[key] in section
+    assert f"by {selected['test_delta_r2_worst']} on the worst split, the training R²" in section
+    assert f"at most {selected['payload_bytes']} bytes" in section
+    assert f"row `selected-m{quantize['margin']:g}`" in section
+    # the served format's rows at each width, the model's own in bold and no other
+    model = facts.model
+    name, rows = card.variant_rows(facts)
+    assert name == model.scheme  # the minifloat formats have one variant each
+    widths = [r["bits"] for r in rows]
+    assert str(model.bits) in widths and len(widths) > 1
+    served = table[name, str(model.bits)]
+    assert served["payload_bytes"] == str(model.payload_bytes)
+    assert (
+        f"| **{model.bits}** | **{model.payload_bytes}** | **{served['test_delta_r2_mean']}** "
+        f"| **{served['test_delta_r2_worst']}** | **{served['train_delta_r2_worst']}** |"
+    ) in section
+    assert section.count("**") == 2 * 5
+    others = [r for (variant, bits), r in table.items() if variant == name and r is not served]
+    assert [r["bits"] for r in others] == [b for b in widths if b != str(model.bits)]
+    for r in others:
+        assert f"| {r['bits']} | {r['payload_bytes']} | {r['test_delta_r2_mean']} |" in section
+    assert "Format and width were chosen by margin" in text
+    assert f"`margin` = {quantize['margin']} below" in text
     splits = yaml.safe_load((built_repo / "params.yaml").read_text())["robustness"]["splits"]
     assert f"Over {splits} splits" in text
 
 
-def test_settings_the_robustness_table_never_measured_are_said_so_not_quoted(built_repo):
+def test_a_selection_the_robustness_stage_did_not_repeat_is_said_so(built_repo):
+    """Another margin (or settings, or one of scheme and bits fixed): no selected row is
+    quoted, only the served format's rows, with the reason."""
     facts = facts_of(built_repo)
-    other = facts._replace(params=facts.params | {"quantize": {"rounding": "some-other"}})
-    assert card.robustness_rows(other) is None
-    text = card.render(other)
-    assert "has no variant with this model's settings" in text
-    assert "on the worst split" not in text
+    table = robustness_csv(built_repo)
+    quantize = facts.params["quantize"]
+    cases = {
+        "margin": ({"margin": 0.0123}, "has no `selected-m0.0123` row"),
+        "settings": ({"padding": 0.2}, "selects with `padding: 0.05`"),
+        "bits fixed": ({"bits": facts.model.bits}, "scheme and bits both auto only"),
+    }
+    for changed, reason in cases.values():
+        other = facts._replace(params=facts.params | {"quantize": quantize | changed})
+        row, why = card.selection_row(other)
+        assert row is None and reason in why
+        text = card.render(other)
+        assert "was not repeated over the splits for these settings" in text and reason in text
+        assert "The selection itself" not in text and "row `selected-m" not in text
+        served = table[facts.model.scheme, str(facts.model.bits)]
+        assert (
+            f"at {facts.model.bits} bits the test R² moves by {served['test_delta_r2_mean']} "
+            f"on average and by {served['test_delta_r2_worst']} on the worst split"
+        ) in text
+
+
+def test_fixed_scheme_and_bits_quote_that_variants_rows(built_repo):
+    """pow2 at 4 bits, optimal codes: the pow2-optimal-refit rows, no selection at all."""
+    facts = served_as(
+        facts_of(built_repo),
+        scheme="pow2",
+        bits=4,
+        rounding="optimal",
+        refit_intercept=True,
+    )
+    assert card.selection_row(facts) == (None, "")
+    name = card.variant_rows(facts)[0]
+    assert name == "pow2-optimal-refit"
+    served = robustness_csv(built_repo)[name, "4"]
+    assert served["payload_bytes"] == str(facts.model.payload_bytes)
+    text = card.render(facts)
+    assert "Format and width are fixed in `params.yaml` (`scheme: pow2`, `bits: 4`)" in text
+    assert f"by {served['test_delta_r2_worst']} on the worst split" in text
+    assert f"| **4** | **{served['payload_bytes']}** |" in text
+    assert "uses `rounding`, `refit_intercept` and ignores `padding`, `half_width`" in text
+    assert "selected-m" not in text and "chosen by margin" not in text
+    # the same format with the other rounding the robustness stage repeats is that variant
+    nearest = served_as(facts, scheme="pow2", bits=4, rounding="nearest", refit_intercept=True)
+    assert card.variant_rows(nearest)[0] == "pow2-nearest-refit"
+
+
+def test_settings_the_robustness_table_never_measured_are_said_so_not_quoted(built_repo):
+    facts = served_as(
+        facts_of(built_repo),
+        scheme="affine",
+        bits=4,
+        rounding="nearest",
+        refit_intercept=False,
+    )
+    assert card.variant_rows(facts) is None
+    text = card.render(facts)
+    assert "has no variant with this model's format and settings" in text
+    assert "on the worst split" not in text and "**" not in text.split("### Over")[1]
+
+
+def test_params_that_contradict_the_model_file_are_one_line(built_repo):
+    model = read_json(built_repo / "models/quant.json")
+    other = next(s for s in ("pow2", "affine") if s != model["scheme"])
+    with pytest.raises(UserError, match=rf"quantize\.scheme: {other}; re-run 'dvc repro'"):
+        facts_of(built_repo, quantize={"scheme": other, "bits": "auto", "margin": 0.001})
 
 
 def test_a_missing_param_the_card_quotes_is_one_line(built_repo):
@@ -189,3 +307,5 @@ def test_an_experiment_rewrites_the_card_from_its_own_figures(repo):
     }
     text = (repo / "models/card.md").read_text()
     assert "`margin: 0.01`" in text and f"at {after['bits']} bits the test R²" in text
+    # the robustness stage selected at robustness.margin, not at 0.01: not quoted as this one's
+    assert "has no `selected-m0.01` row" in text and "row `selected-m" not in text

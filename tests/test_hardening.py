@@ -129,13 +129,24 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(doc, indent=2))
 
 
-def code_out_of_range(doc) -> None:
-    # pow2 codes are symmetric two's complement: b bits hold -(2**(b-1) - 1) and up, never
-    # -2**(b-1) (a sign bit then zeros), here written into the first packed code
-    bits = doc["bits"]
-    assert doc["scheme"] == "pow2" and bits <= 8, "written for the default pow2 model"
-    codes = doc["arrays"]["codes"]["values"]
-    codes[0] = (codes[0] & (0xFF >> bits)) | 0x80
+def first_code_sign_then_zeros(doc) -> None:
+    # the first packed code becomes its sign bit then zeros, a pattern no format writes:
+    # pow2's symmetric two's complement never holds -2**(b-1), a minifloat never a -0
+    bits, codes = doc["bits"], doc["arrays"]["codes"]["values"]
+    stream = "".join(f"{byte:08b}" for byte in codes)
+    tampered = "1" + "0" * (bits - 1) + stream[bits:]
+    assert tampered != stream, "the first code already is a sign bit then zeros"
+    codes[:] = [int(tampered[i : i + 8], 2) for i in range(0, len(tampered), 8)]
+
+
+# What each format's loader says of that code; a default model of a format without
+# such a code (affine, window: every unsigned code is valid) needs another tamper here.
+SIGN_THEN_ZEROS_REFUSED = {
+    "pow2": "a code is outside the symmetric",
+    "e3_s8_f16": "a code is a negative zero",
+    "e3_t4_fix12": "a code is a negative zero",
+    "e2_t4_fix12": "a code is a negative zero",
+}
 
 
 TAMPERED_MODELS = {
@@ -148,9 +159,9 @@ TAMPERED_MODELS = {
         lambda p: edit_json(p, lambda d: d.update(version=2)),
         "format version 2 is not supported",
     ),
-    "code out of range": (
-        lambda p: edit_json(p, code_out_of_range),
-        "a code is outside the symmetric",
+    "code never written": (
+        lambda p: edit_json(p, first_code_sign_then_zeros),
+        SIGN_THEN_ZEROS_REFUSED,  # by the model file's scheme
     ),
     "negative code": (
         lambda p: edit_json(p, lambda d: d["arrays"]["codes"]["values"].__setitem__(0, -1)),
@@ -162,6 +173,10 @@ TAMPERED_MODELS = {
 @pytest.mark.parametrize("case", TAMPERED_MODELS)
 def test_tampered_quantized_model_is_refused_by_evaluate_and_predictor(repo, case):
     tamper, message = TAMPERED_MODELS[case]
+    if isinstance(message, dict):
+        scheme = json.loads((repo / "models/quant.json").read_text())["scheme"]
+        assert scheme in message, f"no tamper written for a default {scheme} model"
+        message = message[scheme]
     tamper(repo / "models/quant.json")
     before = outputs(repo)
     for command in (["stages.evaluate"], ["cali_reg", "predict", "--sample", "3"]):

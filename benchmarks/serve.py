@@ -25,7 +25,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cali_reg.data import FEATURES
+from tests.helpers import free_ports
 
 MLFLOW_PINS = ["mlflow==3.17.0", "scikit-learn==1.9.1"]
 SCENARIOS = [("single row", 1, 8), ("1,000 rows", 1000, 4)]
@@ -55,12 +55,6 @@ model = LinearRegression().fit(X, y)
 model.coef_, model.intercept_ = np.array(weights["coef"]), float(weights["intercept"])
 mlflow.sklearn.save_model(model, out, signature=infer_signature(X, model.predict(X)))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the load generator ------------------------------------------------------------------
@@ -288,7 +282,7 @@ def main() -> None:
         }
         answers = {}
         for name, start in servers.items():
-            server = start(free_port())
+            server = start(free_ports(1)[0])
             try:
                 req = urllib.request.Request(
                     f"http://127.0.0.1:{server.port}/invocations",

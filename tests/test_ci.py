@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def dev_pins() -> dict[str, str]:
@@ -37,3 +37,15 @@ def test_ci_runs_ruff_lint_and_format_check():
     # pyflakes, pycodestyle, isort, bugbear, pyupgrade
     for family in ("F", "E", "W", "I", "B", "UP"):
         assert f'"{family}"' in rules
+
+
+def test_ci_runs_the_readme_test_command_last_and_stops_on_failure():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(
+        r"^(\.venv/bin/python -m pytest\S*(?: \S+)*?)\s+# the test suite", readme, re.M
+    )
+    assert command, "the README's quick start names the test command"
+    script = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in script.splitlines() if line and not line.startswith(("#", "echo"))]
+    assert commands[-1] == command.group(1)
+    assert "set -euo pipefail" in commands

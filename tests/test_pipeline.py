@@ -3,14 +3,15 @@
 import json
 import platform
 import re
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 
-from cali_reg.model import unpack_fields
+from cali_reg.model import load_model, unpack_fields
 from cali_reg.quantize import pack_fields
-from tests.conftest import dvc, read_json, sh
+from tests.helpers import call_stage, dvc, read_json, set_params, sh
 
 # Reference figures of the data set (../shared/data/README.md), not of this code.
 FLOAT_R2, FLOAT_RMSE, INTERCEPT = 0.5758, 0.7456, -37.0233
@@ -21,13 +22,6 @@ METRIC_KEYS = {"r2", "rmse", "mae", "payload_bytes", "file_bytes"}
 
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
-
-
-def set_params(repo, **sections):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_float_model_matches_reference(built_repo):
@@ -89,8 +83,7 @@ def check_target(repo, bits):
 
 
 def stored_bits(repo) -> int:
-    code = "from cali_reg.model import load_model; print(load_model('models/quant.json').bits)"
-    return int(sh(["python", "-c", code], repo).stdout)
+    return load_model(repo / "models/quant.json").bits
 
 
 # The training R² loss of the saved model at its own width and at one bit fewer.
@@ -119,8 +112,8 @@ def test_default_run_picks_the_fewest_bits_within_the_margin(built_repo):
 
 
 def test_default_quantize_prints_nothing(repo):
-    proc = sh(["python", "-m", "stages.quantize"], repo)
-    assert proc.stdout == proc.stderr == ""
+    proc = call_stage("quantize", repo)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
 
 
 def test_margin_0_keeps_the_bits_and_meets_the_8_bit_target(repo):
@@ -150,7 +143,7 @@ def test_a_larger_margin_gives_a_smaller_model_and_metrics_diff_shows_it(repo):
 
 def test_margin_0_is_refused_by_the_schemes_whose_grid_it_sizes(repo):
     set_params(repo, quantize={"scheme": "window", "margin": 0})
-    proc = sh(["python", "-m", "stages.quantize"], repo, check=False)
+    proc = call_stage("quantize", repo)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "quantize.margin = 0" in proc.stderr
 
@@ -172,28 +165,13 @@ def test_experiment_reruns_only_quantize_and_evaluate(repo):
     assert "quantize.margin" in shown
 
 
-@pytest.mark.slow
-def test_three_forced_runs_are_byte_for_byte_identical(repo):
-    files = [
-        "dvc.lock",
-        *(
-            str(p.relative_to(repo))
-            for pattern in ("data/*.csv", "models/*", "metrics/*.json", "plots/*.csv")
-            for p in repo.glob(pattern)
-        ),
-    ]
-    first = {p: (repo / p).read_bytes() for p in files}  # the built copy: run 1
-    for _ in range(2):
-        dvc("repro", "-f", cwd=repo)
-        assert {p: (repo / p).read_bytes() for p in files} == first
-
-
 RAW_FIT = (
     "import sys; from sklearn.linear_model import LinearRegression; "
     "from cali_reg.data import read_xy; "
     "m = LinearRegression().fit(*read_xy('data/train.csv')); "
     "print([float(v).hex() for v in m.coef_])"
 )
+X86_64 = platform.machine() in ("x86_64", "AMD64")
 
 
 def other_cpu_env() -> dict:
@@ -209,31 +187,52 @@ def other_cpu_env() -> dict:
     return {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched)}
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernel names")
-def test_outputs_are_the_same_bytes_with_other_blas_kernels_and_simd(repo, monkeypatch):
-    outputs = [
-        "dvc.lock",
-        "data/housing.csv",
-        "data/train.csv",
-        "data/test.csv",
-        "data/sample.csv",
-        "models/float.joblib",
-        "models/quant.json",
-        "metrics/float.json",
-        "metrics/quant.json",
-        "metrics/compare.json",
-        "plots/predictions.csv",
-    ]
-    before = {p: (repo / p).read_bytes() for p in outputs}
-    raw_here = sh(["python", "-c", RAW_FIT], repo).stdout
-    for name, value in other_cpu_env().items():
-        monkeypatch.setenv(name, value)
-    raw_there = sh(["python", "-c", RAW_FIT], repo).stdout
-    if raw_there == raw_here:
-        pytest.skip("OPENBLAS_CORETYPE changed nothing here: no other kernel to compare with")
+def output_bytes(repo) -> dict[str, bytes]:
+    """dvc.lock and every pipeline output, by path."""
+    patterns = ("data/*.csv", "models/*", "metrics/*.json", "plots/*.csv")
+    paths = ["dvc.lock", *(str(p.relative_to(repo)) for g in patterns for p in repo.glob(g))]
+    return {p: (repo / p).read_bytes() for p in sorted(paths)}
+
+
+@pytest.fixture(scope="module")
+def forced_runs(built_repo, tmp_path_factory) -> dict:
+    """The outputs of three forced runs: run 1 built the copy, run 2 is a ``dvc repro -f`` in
+    it, and run 3 another one, under other BLAS kernels and SIMD on x86-64. One rebuild
+    serves both tests below (which xdist keeps on one worker)."""
+    repo = tmp_path_factory.mktemp("forced") / "repo"
+    shutil.copytree(built_repo, repo, symlinks=True)
+    runs = {"run 1": output_bytes(repo)}
     dvc("repro", "-f", cwd=repo)
+    runs["run 2"] = output_bytes(repo)
+    with pytest.MonkeyPatch.context() as env:
+        raw_here = sh(["python", "-c", RAW_FIT], repo).stdout
+        for name, value in (other_cpu_env() if X86_64 else {}).items():
+            env.setenv(name, value)
+        runs["other kernels differ"] = (
+            X86_64 and sh(["python", "-c", RAW_FIT], repo).stdout != raw_here
+        )
+        dvc("repro", "-f", cwd=repo)
+    runs["run 3"] = output_bytes(repo)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("forced-runs")
+def test_three_forced_runs_are_byte_for_byte_identical(forced_runs):
+    assert forced_runs["run 2"] == forced_runs["run 1"]
+    assert forced_runs["run 3"] == forced_runs["run 1"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("forced-runs")
+@pytest.mark.skipif(not X86_64, reason="x86-64 kernel names")
+def test_outputs_are_the_same_bytes_with_other_blas_kernels_and_simd(forced_runs):
+    if not forced_runs["other kernels differ"]:
+        pytest.skip("OPENBLAS_CORETYPE changed nothing here: no other kernel to compare with")
+    before, after = forced_runs["run 1"], forced_runs["run 3"]
+    assert {"data/housing.csv", "models/quant.json", "plots/predictions.csv"} <= set(before)
     for path, content in before.items():
-        assert (repo / path).read_bytes() == content, path
+        assert after[path] == content, path
 
 
 BAD_PARAMS = [
@@ -258,7 +257,7 @@ def test_bad_param_stops_with_one_line_and_keeps_outputs(repo, section, key, val
     before = {p: (repo / p).read_bytes() for p in outputs}
     set_params(repo, **{section: {key: value}})
     stage = "split" if section == "split" else "quantize"
-    proc = sh(["python", "-m", f"stages.{stage}"], repo, check=False)
+    proc = call_stage(stage, repo)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -275,7 +274,7 @@ def test_missing_param_key_is_named(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     del params["quantize"]["margin"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = sh(["python", "-m", "stages.quantize"], repo, check=False)
+    proc = call_stage("quantize", repo)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: params.yaml: quantize.margin is missing; set it to a number of at least 0"
@@ -287,7 +286,7 @@ def test_offline_without_cache_says_to_set_scikit_learn_data(repo, tmp_path, mon
     empty.mkdir()
     monkeypatch.setenv("SCIKIT_LEARN_DATA", str(empty))
     before = (repo / "data/housing.csv").read_bytes()
-    proc = sh(["python", "-m", "stages.data"], repo, check=False)
+    proc = call_stage("data", repo)
     if proc.returncode == 0:
         pytest.skip("this machine has network access: the download succeeded")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -317,7 +316,7 @@ def test_evaluate_refuses_a_bad_model_file_with_one_line(repo, damage, message):
     before = (repo / "metrics/quant.json").read_bytes()
     model = repo / "models/quant.json"
     model.write_text(damage(model.read_text()))
-    proc = sh(["python", "-m", "stages.evaluate"], repo, check=False)
+    proc = call_stage("evaluate", repo)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "models/quant.json" in lines[0]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cali_reg.data import FEATURES
 from cali_reg.model import load_model
-from tests.conftest import project_env, sh
+from tests.helpers import project_env, sh
 
 pytest.importorskip("granian")
 pytest.importorskip("orjson")
@@ -497,7 +497,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(built_repo, expected):
 def test_the_server_is_pinned_alike_in_requirements_extra_and_image(package):
     import re
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     pins = [
         re.findall(rf"{package}==([\w.]+)", (ROOT / name).read_text())

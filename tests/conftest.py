@@ -13,11 +13,22 @@ from tests.helpers import shared_build
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Mark ``pipeline`` every test that needs the built copy, so ``-m "not pipeline"``
-    selects the quick ones."""
+    """Mark ``pipeline`` every test that needs the built copy, so that ``-m "not pipeline"``
+    selects the quick ones; and run those first, then the slow ones, then the rest.
+
+    The order is for the parallel workers: while one builds the copy, the other runs tests
+    that need none, and the longest tests start early rather than last on one worker.
+    """
     for item in items:
         if "built_repo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pipeline)
+
+    def rank(item) -> int:
+        if not item.get_closest_marker("pipeline"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: within each rank, the modules' own order
 
 
 @pytest.fixture(scope="session")

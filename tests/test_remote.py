@@ -26,9 +26,6 @@ import yaml
 
 from tests.helpers import ROOT, S3Server, S3ServerError, free_ports, project_env, s3_client
 
-# A module-scoped S3 server and built clone: under pytest-xdist, all on one worker.
-pytestmark = pytest.mark.xdist_group("s3")
-
 COMMAND_TIMEOUT = 300
 DEFAULT_STORAGE = Path(".cache/cali-reg/dvc-storage")  # under HOME, as in .dvc/config
 

@@ -218,9 +218,15 @@ def call_stage(name: str, cwd) -> subprocess.CompletedProcess:
     return _call(["python", "-m", f"stages.{name}"], module.main, cwd)
 
 
-def call_cli(argv: Sequence[str], cwd) -> subprocess.CompletedProcess:
-    """``cali-reg ARGV`` in ``cwd``, called in this process (see ``call_stage``), for
-    commands that read no standard input."""
+def call_cli(argv: Sequence[str], cwd, stdin: str = "") -> subprocess.CompletedProcess:
+    """``cali-reg ARGV`` in ``cwd``, called in this process (see ``call_stage``), ``stdin``
+    piped in. Not for what only a real process shows: a terminal on stdin, a closed
+    pipe, start-up time or imports, memory."""
     from cali_reg import cli
 
-    return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+    try:
+        return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
+    finally:
+        sys.stdin = saved

@@ -1,6 +1,6 @@
 """Benchmark: a fresh clone made ready to predict by `dvc pull` against by `dvc repro`, and
 the times of `dvc push` and `dvc pull` of the whole pipeline's outputs, through a real S3
-server (SeaweedFS on 127.0.0.1, tests/s3server.py).
+server (SeaweedFS on 127.0.0.1, tests/helpers/s3server.py).
 
     python benchmarks/remote.py [--runs 3]
 
@@ -14,7 +14,6 @@ each `dvc push` goes to an empty prefix of the bucket. Figures are medians of ``
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,25 +25,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import S3Server
+from tests.helpers import S3Server, project_env
 
 MAX_RUNS = 10
 COMMAND_TIMEOUT = 600
 
 
 def environment(home: Path, server: S3Server) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    shared = ROOT.parent / "shared" / "data" / "scikit_learn_data"
-    if "SCIKIT_LEARN_DATA" not in env and shared.is_dir():
-        env["SCIKIT_LEARN_DATA"] = str(shared)
+    env = {k: v for k, v in project_env(write_bytecode=True).items() if not k.startswith("AWS_")}
     env.pop("CALI_REG_HOME", None)
-    env.update(
-        server.env,
-        HOME=str(home),
-        DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"),
-        DVC_NO_ANALYTICS="1",
-    )
+    env.update(server.env, HOME=str(home), DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"))
     return env
 
 

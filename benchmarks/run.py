@@ -26,29 +26,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from tests.helpers import project_env
+
 SECTIONS = ("rerun", "overhead", "startup", "inference", "coldstart", "scale")
 INFERENCE_ROWS = 1_000_000
 SCALE_ROWS = 2_000_000
 SCALE_STAGES = ("split", "train", "evaluate")  # quantize reads no data: run, not timed
 
 
-def project_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    shared = ROOT.parent / "shared" / "data" / "scikit_learn_data"
-    if "SCIKIT_LEARN_DATA" not in env and shared.is_dir():
-        env["SCIKIT_LEARN_DATA"] = str(shared)
-    env.update(
-        GIT_AUTHOR_NAME="bench",
-        GIT_AUTHOR_EMAIL="bench@localhost",
-        GIT_COMMITTER_NAME="bench",
-        GIT_COMMITTER_EMAIL="bench@localhost",
-        DVC_NO_ANALYTICS="1",
-    )
-    return env
-
-
-ENV = project_env()
+ENV = project_env(write_bytecode=True)
 
 
 def sh(cmd, cwd, **kw) -> subprocess.CompletedProcess:
@@ -236,6 +222,8 @@ INFERENCE_CHILD = """
 import statistics, sys, time
 import numpy as np
 import joblib
+
+from tests.helpers import project_env
 from cali_reg.model import load_model
 X = np.load(sys.argv[1])
 qmodel = load_model("models/quant.json")
@@ -302,6 +290,8 @@ FIRST_ROW = (
 SKLEARN_PREDICTOR = """
 import sys
 import numpy as np
+
+from tests.helpers import project_env
 import joblib
 import sklearn.linear_model
 model = joblib.load("models/float.joblib")

@@ -18,7 +18,7 @@ share --seconds, and what observability costs is the median of the rounds' ratio
 throughput and in the server's CPU time per request (its processes' user and system time,
 from /proc), which a busy machine disturbs less than throughput.
 
-The other servers live only in venvs of their own, made on first use (tests/venvs.py; never
+The other servers live only in venvs of their own, made on first use (tests/helpers/venvs.py; never
 in requirements.txt or the image): MLflow (.venv-mlflow) serves scikit-learn's
 LinearRegression fitted on data/train.csv as the train stage fits it, with
 models/float.json's weights, saved with mlflow.sklearn; MLServer (.venv-mlserver) serves the
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cali_reg.data import FEATURES
-from tests.venvs import tool_python
+from tests.helpers.venvs import tool_python
 
 MLFLOW_PINS = ["mlflow==3.17.0", "scikit-learn==1.9.1"]
 # MLServer 1.7.1's parallel inference pool stops at start with uvloop 0.23 ("There is no

@@ -11,7 +11,7 @@ import yaml
 
 from cali_reg import card
 from cali_reg.errors import UserError
-from tests.conftest import ROOT, dvc, read_json, sh
+from tests.helpers import ROOT, dvc, read_json, sh
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 

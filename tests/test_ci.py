@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def dev_pins() -> dict[str, str]:
@@ -59,3 +59,15 @@ def test_the_report_workflow_comments_once_with_job_permissions_only():
     assert "gh pr comment" in script and "--edit-last --create-if-none" in script
     assert "GITHUB_STEP_SUMMARY" in script  # the fork fallback
     assert "curl" not in script and "gh api" not in script
+
+
+def test_ci_runs_the_readme_test_command_last_and_stops_on_failure():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(
+        r"^(\.venv/bin/python -m pytest\S*(?: \S+)*?)\s+# the test suite", readme, re.M
+    )
+    assert command, "the README's quick start names the test command"
+    script = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in script.splitlines() if line and not line.startswith(("#", "echo"))]
+    assert commands[-1] == command.group(1)
+    assert "set -euo pipefail" in commands

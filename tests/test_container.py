@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from tests.venvs import ROOT
+from tests.helpers import ROOT
 
 CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 TAG = "localhost/cali-reg:test"  # rebuilt by each run, so its layers are the cache

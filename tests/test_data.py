@@ -11,7 +11,7 @@ import pytest
 
 from cali_reg.data import format_csv, read_table, write_table
 from cali_reg.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_table_round_trip_is_bit_exact(tmp_path):

@@ -13,7 +13,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.venvs import ROOT, tool_python
+from tests.helpers import ROOT
+from tests.helpers.venvs import tool_python
 
 DEPLOY_PINS = ["kubernetes-validate==1.37.0", "jsonschema==4.26.0"]
 # the oldest and the newest Kubernetes the validator ships schemas for
@@ -179,7 +180,7 @@ def test_the_prometheus_annotations_name_the_metrics_endpoint(path):
 @pytest.mark.parametrize("path", [KUBERNETES_YAML, KSERVE_YAML])
 def test_the_server_takes_the_manifests_arguments_and_answers_their_probes(built_repo, path):
     """The container's args start the real server; every path Kubernetes will ask answers 200."""
-    from tests.test_serve import Server
+    from tests.helpers.server import Server
 
     container = server_container(load(path)[0])
     args = container["args"]

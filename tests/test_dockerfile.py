@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, sh
+from tests.helpers import ROOT, sh
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 

@@ -42,7 +42,7 @@ def test_the_stage_reads_columns_by_the_models_names(repo):
     import json
     import sys
 
-    from tests.conftest import sh
+    from tests.helpers import sh
 
     before = {name: (repo / "metrics" / name).read_text() for name in ("float.json", "quant.json")}
     path = repo / "models/float.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, dvc, project_env, read_json, sh
+from tests.helpers import copy_project, dvc, project_env, read_json, sh
 
 METRICS = ("metrics/float.json", "metrics/quant.json", "metrics/compare.json")
 # What DVC keeps for itself: its cache, and the queue's temp copies and logs.

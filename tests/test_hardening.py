@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import dvc, project_env, read_json, sh
-from tests.test_pipeline import set_params
+from tests.helpers import call_cli, call_stage, dvc, project_env, read_json, set_params
 
 OUTPUT_GLOBS = ("data/*.csv", "models/*", "metrics/*.json", "plots/*.csv")
 
@@ -179,8 +178,7 @@ def test_tampered_quantized_model_is_refused_by_evaluate_and_predictor(repo, cas
         message = message[scheme]
     tamper(repo / "models/quant.json")
     before = outputs(repo)
-    for command in (["stages.evaluate"], ["cali_reg", "predict", "--sample", "3"]):
-        proc = sh([sys.executable, "-m", *command], repo, check=False)
+    for proc in (call_stage("evaluate", repo), call_cli(["predict", "--sample", "3"], repo)):
         one_line_error(proc, "models/quant.json", message)
     assert outputs(repo) == before
 
@@ -225,8 +223,7 @@ def test_tampered_data_is_refused_by_the_stage_that_reads_it(
 ):
     tamper(repo / path)
     before = outputs(repo)
-    proc = sh([sys.executable, "-m", f"stages.{stage}"], repo, check=False)
-    one_line_error(proc, path, message)
+    one_line_error(call_stage(stage, repo), path, message)
     assert outputs(repo) == before
     # DVC sees the edited file and rebuilds it from its own stage: the pipeline heals.
     assert "Running stage" in dvc("repro", cwd=repo).stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from cali_reg import options
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_artifact_names_are_dvc_yamls():

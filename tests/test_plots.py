@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from cali_reg import plots
-from tests.conftest import dvc, sh
+from tests.helpers import call_cli, dvc, sh
 
 DVC_PLOTS = {"tradeoff", "robustness", "quant_vs_float", "predicted_vs_actual"}
 
@@ -17,13 +17,18 @@ def shown(repo) -> dict:
     return {plot_id: revs[0]["content"] for plot_id, revs in out["data"].items()}
 
 
+@pytest.fixture(scope="module")
+def specs(built_repo) -> dict:
+    """What ``dvc plots show --json`` gives in the built copy (it takes seconds: once)."""
+    return shown(built_repo)
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
 
 
-def test_every_plot_has_data_words_and_a_log_scale_where_losses_are_shown(built_repo):
-    specs = shown(built_repo)
+def test_every_plot_has_data_words_and_a_log_scale_where_losses_are_shown(specs):
     assert set(specs) >= DVC_PLOTS
     for plot_id, spec in specs.items():
         assert spec["data"]["values"], plot_id
@@ -46,11 +51,11 @@ def test_every_plot_has_data_words_and_a_log_scale_where_losses_are_shown(built_
     assert lines and lines[0]["data"]["values"][0] == {"x": 0, "y": 0}  # y = x
 
 
-def test_cali_reg_plots_renders_each_dvc_plot_to_a_png(built_repo, tmp_path):
+def test_cali_reg_plots_renders_each_dvc_plot_to_a_png(built_repo, specs, tmp_path):
     out = tmp_path / "images"
     proc = sh(["cali-reg", "plots", "--out", str(out)], built_repo)
     written = {line.rsplit("/", 1)[-1] for line in proc.stdout.split()}
-    assert written == {f"{plot_id}.png" for plot_id in shown(built_repo)}
+    assert written == {f"{plot_id}.png" for plot_id in specs}
     for name in written:
         width, height = png_size((out / name).read_bytes())
         assert 600 <= width <= 3000 and 400 <= height <= 3000, (name, width, height)
@@ -59,7 +64,7 @@ def test_cali_reg_plots_renders_each_dvc_plot_to_a_png(built_repo, tmp_path):
 def test_plots_outside_a_dvc_project_is_one_line(tmp_path):
     with pytest.raises(plots.UserError, match="'dvc plots show' failed"):
         plots.dvc_specs(tmp_path)
-    proc = sh(["cali-reg", "plots"], tmp_path, check=False)
+    proc = call_cli(["plots"], tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
@@ -88,6 +93,6 @@ def test_bad_options_and_an_unwritable_folder_are_one_line(built_repo, tmp_path)
         (["--scale", "-1"], "not a scale from 0.5 to 8"),
         (["--out", "/proc/no-such-dir"], "cannot write the images"),
     ]:
-        proc = sh(["cali-reg", "plots", *args], built_repo, check=False)
+        proc = call_cli(["plots", *args], built_repo)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert words in proc.stderr and "Traceback" not in proc.stderr

@@ -21,7 +21,7 @@ from cali_reg.errors import UserError
 from cali_reg.model import load_model
 from cali_reg.quantize import quantize
 from cali_reg.rows import Schema
-from tests.conftest import project_env, sh
+from tests.helpers import project_env, sh
 
 HEADER = ",".join(FEATURES)
 ROW = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23"

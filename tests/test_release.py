@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_project, dvc, project_env, sh
+from tests.helpers import ROOT, copy_project, dvc, project_env, sh
 
 CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 CA = Path(os.environ.get("CONTAINER_CHECK_CA", "/etc/ssl/certs/ca-certificates.crt"))

@@ -7,6 +7,7 @@ what a remote holds is the developer's own. Each test uses its own prefix in the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -23,8 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, project_env
-from tests.s3server import S3Server, S3ServerError, free_ports, s3_client
+from tests.helpers import ROOT, S3Server, S3ServerError, free_ports, project_env, s3_client
 
 COMMAND_TIMEOUT = 300
 DEFAULT_STORAGE = Path(".cache/cali-reg/dvc-storage")  # under HOME, as in .dvc/config
@@ -440,7 +440,8 @@ def test_server_down_or_wrong_credentials_fail_clearly_and_change_nothing(
         "down": (s3.env, f"http://127.0.0.1:{down_port}", "Could not connect to the endpoint URL"),
         "credentials": (wrong, s3.endpoint, "Forbidden|signature we calculated does not match"),
     }
-    for name, (creds, endpoint, message) in cases.items():
+
+    def pull(name, creds, endpoint, message):
         b = tmp_path / f"B-{name}"
         git("clone", "-q", str(project["origin"]), str(b), cwd=tmp_path, home=home)
         use_s3(b, home, s3, "faults", endpoint=endpoint)
@@ -450,6 +451,7 @@ def test_server_down_or_wrong_credentials_fail_clearly_and_change_nothing(
         assert "Traceback" not in pull.stderr
         assert snapshot(b) == before, name
 
+    def push(name, creds, endpoint, message):
         # a push with everything to upload (to an empty prefix) leaves the workspace as it was
         a2 = tmp_path / f"A-{name}"
         shutil.copytree(a, a2, symlinks=True)
@@ -460,9 +462,20 @@ def test_server_down_or_wrong_credentials_fail_clearly_and_change_nothing(
         assert "Traceback" not in push.stderr
         assert snapshot(a2) == before, name
 
+    # Each failing command mostly waits (DVC retries the connection with back-off), so the
+    # four run side by side; each in its own clone, as before.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        checks = [
+            pool.submit(check, name, *case)
+            for name, case in cases.items()
+            for check in (pull, push)
+        ]
+        for done in checks:
+            done.result()
+
 
 def test_s3_server_command_reports_a_missing_binary(monkeypatch, tmp_path):
-    import tests.s3server as mod
+    import tests.helpers.s3server as mod
 
     monkeypatch.setattr(mod.sys, "executable", str(tmp_path / "python"))
     monkeypatch.setattr(mod.shutil, "which", lambda name: None)

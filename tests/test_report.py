@@ -10,7 +10,7 @@ import pytest
 
 from cali_reg import report
 from cali_reg.errors import UserError
-from tests.conftest import dvc, read_json, sh
+from tests.helpers import dvc, read_json, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,12 +7,9 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,99 +18,14 @@ from hypothesis import strategies as st
 
 from cali_reg.data import FEATURES
 from cali_reg.model import load_model
-from tests.conftest import project_env, sh
+from tests.helpers import sh
+from tests.helpers.server import Server
 
 pytest.importorskip("granian")
 pytest.importorskip("orjson")
 
 ROW = [8.3252, 41.0, 6.984127, 1.02381, 322.0, 2.555556, 37.88, -122.23]
 ROW2 = [5.6431, 52.0, 5.817352, 1.073059, 558.0, 2.547945, 37.85, -122.25]
-START_TIMEOUT = 30
-STOP_GRACE = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``cali-reg serve`` in a subprocess, stopped by its PID."""
-
-    def __init__(self, repo, *args):
-        self.port = free_port()
-        # stdout (the access log) and stderr (granian's log, tracebacks) go to files
-        self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)  # noqa: SIM115
-        self.errors = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".err", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cali_reg", "serve", "--port", str(self.port), *args],
-            cwd=repo,
-            env=project_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.errors,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                message = self.stderr()
-                self.stop()
-                pytest.fail(f"the server exited {self.proc.returncode}: {message}")
-            try:
-                if self.request("GET", "/ping")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"the server did not answer /ping within {START_TIMEOUT} s")
-
-    def request(self, method, path, body=None, content_type=None, conn=None):
-        """(status, headers, parsed JSON body) of one request."""
-        own = conn is None
-        conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            headers = {"Content-Type": content_type} if content_type else {}
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, dict(resp.getheaders()), (json.loads(data) if data else None)
-        finally:
-            if own:
-                conn.close()
-
-    def post(self, body, content_type="application/json", conn=None):
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body)
-        if isinstance(body, str):
-            body = body.encode()
-        status, _, doc = self.request("POST", "/invocations", body, content_type, conn)
-        return status, doc
-
-    def v2_infer(self, doc, path="/v2/models/quant-model/infer"):
-        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        status, _, answer = self.request("POST", path, body, "application/json")
-        return status, answer
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after a grace period; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in (self.log, self.errors):
-            f.close()
-            Path(f.name).unlink(missing_ok=True)
-        return self.proc.returncode
-
-    def access_log(self) -> list[str]:
-        return Path(self.log.name).read_text().splitlines()
-
-    def stderr(self) -> str:
-        return Path(self.errors.name).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -533,7 +445,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(built_repo, expected):
 def test_the_server_is_pinned_alike_in_requirements_extra_and_image(package):
     import re
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     pins = [
         re.findall(rf"{package}==([\w.]+)", (ROOT / name).read_text())

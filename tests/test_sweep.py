@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cali_reg import sweep
 from cali_reg.formats import FORMATS
-from tests.conftest import dvc, read_json
+from tests.helpers import dvc, read_json
 
 
 def sweep_table(repo) -> list[dict]:

@@ -1,6 +1,6 @@
 """A V2 client library not written here, Triton's ``tritonclient[http]``, against the server.
 
-It runs in a venv of its own (tests/venvs.py), as a team's client code would, and talks to
+It runs in a venv of its own (tests/helpers/venvs.py), as a team's client code would, and talks to
 ``cali-reg serve`` over real HTTP on 127.0.0.1: health, metadata, inference with the
 tensor shapes and datatypes the protocol allows, and the errors it reads back.
 """
@@ -15,7 +15,8 @@ import pytest
 
 from cali_reg.data import FEATURES
 from cali_reg.model import load_model
-from tests.venvs import ROOT, tool_python
+from tests.helpers import ROOT
+from tests.helpers.venvs import tool_python
 
 V2_CLIENT_PINS = ["tritonclient[http]==2.73.0"]
 N_ROWS = 50
@@ -36,7 +37,7 @@ def rows(built_repo) -> np.ndarray:
 def test_tritonclient_health_metadata_and_inference(
     built_repo, client_python, rows, tmp_path, model
 ):
-    from tests.test_serve import Server
+    from tests.helpers.server import Server
 
     path = built_repo / "models" / f"{model}.json"
     name, version = f"{model}-model", hashlib.sha256(path.read_bytes()).hexdigest()

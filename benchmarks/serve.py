@@ -2,6 +2,7 @@
 model, same payloads.
 
     python benchmarks/serve.py [--workers 2] [--seconds 10] [--requests 200000] [--rounds 10]
+                               [--observability-only]
 
 The servers run on 127.0.0.1 on free ports, one at a time (they would share the CPU
 otherwise), each stopped by its process group's id. A closed-loop load generator (asyncio,
@@ -16,7 +17,9 @@ count must be 0.
 log on) and with ``--no-metrics --access-log off``. The two take turns in --rounds rounds that
 share --seconds, and what observability costs is the median of the rounds' ratios, in
 throughput and in the server's CPU time per request (its processes' user and system time,
-from /proc), which a busy machine disturbs less than throughput.
+from /proc), which a busy machine disturbs less than throughput; the quartiles of the
+rounds' ratios show how much the machine moved them. ``--observability-only`` runs this
+comparison alone (no MLflow, no MLServer), e.g. with more rounds.
 
 The other servers live only in venvs of their own, made on first use (tests/helpers/venvs.py; never
 in requirements.txt or the image): MLflow (.venv-mlflow) serves scikit-learn's
@@ -324,14 +327,20 @@ def main() -> None:
         default=10,
         help="alternating rounds of the two cali-reg servers, sharing --seconds (default: 10)",
     )
+    parser.add_argument(
+        "--observability-only",
+        action="store_true",
+        help="measure only cali-reg with and without metrics and access log",
+    )
     args = parser.parse_args()
     for path in ("models/float.json", "data/test.csv", "data/train.csv"):
         if not (ROOT / path).exists():
             sys.exit(f"error: {path} is missing; run 'dvc repro' first")
 
-    print("venvs: .venv-mlflow, .venv-mlserver (made on first use: a few minutes)", flush=True)
-    mlflow_python = tool_python("mlflow", MLFLOW_PINS)
-    mlserver_python = tool_python("mlserver", MLSERVER_PINS)
+    if not args.observability_only:
+        print("venvs: .venv-mlflow, .venv-mlserver (made on first use: a few minutes)", flush=True)
+    mlflow_python = None if args.observability_only else tool_python("mlflow", MLFLOW_PINS)
+    mlserver_python = None if args.observability_only else tool_python("mlserver", MLSERVER_PINS)
     bodies = payloads()
     load_before = os.getloadavg()[0]
     weights, train = str(ROOT / "models/float.json"), str(ROOT / "data/train.csv")
@@ -344,6 +353,8 @@ def main() -> None:
             (mlflow_python, SAVE_MLFLOW_MODEL, mlflow_model),
             (mlserver_python, SAVE_MLSERVER_MODEL, mlserver_model),
         ):
+            if python is None:
+                continue
             subprocess.run(
                 [str(python), "-c", script, weights, str(out), train],
                 check=True,
@@ -351,7 +362,8 @@ def main() -> None:
             )
         # mlflow starts `uvicorn` from PATH; offline, with a file store in the temp dir
         mlflow_env = dict(os.environ)
-        mlflow_env["PATH"] = f"{mlflow_python.parent}{os.pathsep}{mlflow_env.get('PATH', '')}"
+        mlflow_bin = mlflow_python.parent if mlflow_python else ""
+        mlflow_env["PATH"] = f"{mlflow_bin}{os.pathsep}{mlflow_env.get('PATH', '')}"
         mlflow_env["MLFLOW_TRACKING_URI"] = f"file://{tmp}/mlruns"
         cali = [sys.executable, "-m", "cali_reg", "serve", "--model", "models/float.json"]
         cali += ["--workers", str(args.workers)]
@@ -411,7 +423,9 @@ def main() -> None:
             )
         # The two cali-reg servers run side by side, measured alternately in rounds, so that
         # the load of a shared machine weighs on both alike; the others one at a time.
-        groups = [["cali-reg", "cali-reg, metrics and log off"], *([n] for n in list(servers)[2:])]
+        groups = [["cali-reg", "cali-reg, metrics and log off"]]
+        if not args.observability_only:
+            groups += [[n] for n in list(servers)[2:]]
         for names in groups:
             print(f"measuring {' and '.join(names)}...", flush=True)
             rounds = args.rounds if len(names) > 1 else 1
@@ -467,6 +481,46 @@ def report(args, results, answers, load_before: float) -> None:
                     )
     print()
     cali, off = results["cali-reg"], results["cali-reg, metrics and log off"]
+    checks = []
+    if "mlflow" in results:
+        checks += versus(results)
+    for protocol, label in (("mlflow", "MLflow"), ("v2", "V2")):
+        for size, n, _ in SIZES:
+            # the median over rounds of each round's ratio: a burst of other work on the
+            # machine spoils a round, not the figure
+            on_, off_ = cali[protocol, n], off[protocol, n]
+            speed = [a / b for a, b in zip(on_["round_req_s"], off_["round_req_s"], strict=True)]
+            cpu = [a / b for a, b in zip(on_["round_cpu_us"], off_["round_cpu_us"], strict=True)]
+            cost = 1 - statistics.median(speed)
+            print(
+                f"metrics and access log, {label}, {size}: {cost:.1%} less throughput "
+                f"(quartiles {spread(speed, lambda q: 1 - q)}), "
+                f"{statistics.median(cpu) - 1:+.1%} server CPU per request "
+                f"(quartiles {spread(cpu, lambda q: q - 1)}); "
+                f"medians of {len(speed)} rounds' ratios"
+            )
+            checks.append((f"observability costs under 10% ({label}, {size})", cost < 0.10))
+    p99 = max(cali[protocol, 1]["p99_ms"] for protocol in PROTOCOLS)
+    checks.append(("single-row p99 under 10 ms", p99 < 10))
+    print()
+    for what, ok in checks:
+        print(f"target {'met' if ok else 'MISSED'}: {what}")
+    errors = sum(r["errors"] for by in results.values() for r in by.values())
+    if errors:
+        sys.exit(f"error: {errors} requests failed")
+
+
+def spread(ratios: list[float], as_cost) -> str:
+    """The rounds' quartiles of a ratio, as costs: lowest to highest."""
+    if len(ratios) < 2:
+        return "n/a"
+    low, high = sorted(as_cost(q) for q in statistics.quantiles(ratios, n=4))[::2]
+    return f"{low:+.1%} to {high:+.1%}"
+
+
+def versus(results) -> list[tuple[str, bool]]:
+    """cali-reg against MLflow and MLServer: the ratios, and the checks of their targets."""
+    cali = results["cali-reg"]
     best_mlserver = {
         n: max(
             (by["v2", n] for name, by in results.items() if name.startswith("mlserver")),
@@ -492,31 +546,7 @@ def report(args, results, answers, load_before: float) -> None:
         )
         if n == 1:
             checks.append(("V2 single row: at least 5x MLServer", ratio >= 5))
-    for protocol, label in (("mlflow", "MLflow"), ("v2", "V2")):
-        for size, n, _ in SIZES:
-            # the median over rounds of each round's ratio: a burst of other work on the
-            # machine spoils a round, not the figure
-            on_, off_ = cali[protocol, n], off[protocol, n]
-            cost = 1 - statistics.median(
-                a / b for a, b in zip(on_["round_req_s"], off_["round_req_s"], strict=True)
-            )
-            cpu = statistics.median(
-                a / b for a, b in zip(on_["round_cpu_us"], off_["round_cpu_us"], strict=True)
-            )
-            print(
-                f"metrics and access log, {label}, {size}: {cost:.1%} less throughput, "
-                f"{cpu - 1:+.1%} server CPU per request (medians of {len(on_['round_req_s'])} "
-                "rounds' ratios)"
-            )
-            checks.append((f"observability costs under 10% ({label}, {size})", cost < 0.10))
-    p99 = max(cali[protocol, 1]["p99_ms"] for protocol in PROTOCOLS)
-    checks.append(("single-row p99 under 10 ms", p99 < 10))
-    print()
-    for what, ok in checks:
-        print(f"target {'met' if ok else 'MISSED'}: {what}")
-    errors = sum(r["errors"] for by in results.values() for r in by.values())
-    if errors:
-        sys.exit(f"error: {errors} requests failed")
+    return checks
 
 
 if __name__ == "__main__":

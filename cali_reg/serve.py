@@ -25,6 +25,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import select
 import shutil
 import socket
 import sys
@@ -59,6 +60,7 @@ _STDERR_HANDLER = {
     "stream": "ext://sys.stderr",
 }
 _LOG_PATH_CHARS = 512  # a log line stays one atomic write (below PIPE_BUF) whatever the path
+LOG_FLUSH_SECONDS = 0.01  # the longest an access-log line waits in its worker's buffer
 
 
 class Route(NamedTuple):
@@ -142,6 +144,61 @@ def access_line(fmt: str, method: str, path: str, status: int, seconds: float, r
     return f"{stamp} {method} {path} {status} {ms}ms rows={rows}\n".encode("utf-8", "replace")
 
 
+class AccessLog:
+    """One worker's access log on stdout: lines gathered, then written together.
+
+    Each ``os.write`` releases the GIL, and granian's I/O thread, which needs the GIL to
+    hand over the next request, may take it; a write per request then costs a hand-over
+    of the GIL and back (docs/serving.md, "Access log", has the measurements).
+    Once the worker's event loop runs (``start``), lines wait at most
+    ``LOG_FLUSH_SECONDS`` and go out in writes of at most PIPE_BUF bytes, which a pipe
+    shared by the workers keeps whole; ``stop`` (granian's worker shutdown, after SIGTERM)
+    writes what is left. Without a loop (the app called in process), each line is written
+    at once.
+    """
+
+    def __init__(self, fmt: str, fd: int = 1) -> None:
+        self.fmt, self.fd = fmt, fd
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.loop = None
+        self.pending = False  # a flush is scheduled on the loop
+
+    def start(self, loop) -> None:
+        self.loop = loop
+
+    def stop(self) -> None:
+        self.flush()
+        self.loop = None
+
+    def add(self, line: bytes) -> None:
+        if self.loop is None:
+            self._write(line)
+            return
+        if self.size + len(line) > select.PIPE_BUF:
+            self.flush()
+        self.lines.append(line)
+        self.size += len(line)
+        if not self.pending:
+            self.pending = True
+            self.loop.call_later(LOG_FLUSH_SECONDS, self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.pending = False
+        self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            data = b"".join(self.lines)
+            self.lines.clear()
+            self.size = 0
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+
 # --- the application ----------------------------------------------------------------------
 
 
@@ -167,7 +224,7 @@ class App:
         )
         self.max_body_bytes = max_body_bytes
         self.timeout = timeout
-        self.access_log = None if access_log == "off" else access_log
+        self.access_log = None if access_log == "off" else AccessLog(access_log)
         self.metrics = None
         if metrics:
             from cali_reg.metrics import Metrics
@@ -183,7 +240,13 @@ class App:
         self.v2_metadata_body = scoring.v2_model_metadata(self.served)
         self.v2_server_body = scoring.v2_server_metadata()
 
+    def __rsgi_init__(self, loop) -> None:
+        if self.access_log is not None:
+            self.access_log.start(loop)
+
     def __rsgi_del__(self, loop) -> None:
+        if self.access_log is not None:
+            self.access_log.stop()
         if self.metrics is not None:
             from cali_reg.metrics import worker_exits
 
@@ -195,7 +258,7 @@ class App:
         start = time.perf_counter()
         metrics = self.metrics
         if metrics is not None:
-            metrics.in_flight.inc()
+            metrics.in_flight.inc(1)
         route = route_of(scope.path, self.scoring.v2_route)
         rows, outside, kind = 0, None, None
         ctype = _JSON
@@ -233,11 +296,11 @@ class App:
             headers.append(("connection", "close"))
         elif status == 405:
             headers.append(("allow", ", ".join(route.methods)))
-        # Counted and logged before the answer leaves: a client that reads /metrics or
-        # the log right after its answer finds its request there.
+        # Counted before the answer leaves: a client that reads /metrics right after its
+        # answer finds its request there (its log line follows within LOG_FLUSH_SECONDS).
         seconds = time.perf_counter() - start
         if metrics is not None:
-            metrics.in_flight.dec()
+            metrics.in_flight.inc(-1)
             metrics.observe(
                 "other" if route is None else route.endpoint,
                 status,
@@ -247,9 +310,9 @@ class App:
                 outside,
                 kind,
             )
-        if self.access_log is not None:
-            line = access_line(self.access_log, scope.method, scope.path, status, seconds, rows)
-            os.write(1, line)
+        log = self.access_log
+        if log is not None:
+            log.add(access_line(log.fmt, scope.method, scope.path, status, seconds, rows))
         proto.response_bytes(status, headers, b"" if scope.method == "HEAD" else body)
 
     def _not_found(self, path: str):

@@ -508,7 +508,7 @@ def test_v2_health_server_and_model_metadata(server, built_repo):
         "/v2/models/float-model",
         "/v2/models/float-model/ready",
         "/v2/models/quant-model/versions/1/ready",
-        f"/v2/models/quant-model/versions/{sha[:-1]}0",
+        f"/v2/models/quant-model/versions/{sha[:-1]}{'1' if sha.endswith('0') else '0'}",
     ):
         status, _, doc = server.request("GET", path)
         assert status == 404 and set(doc) == {"error"}, path
@@ -683,8 +683,9 @@ def test_metrics_are_exact_across_two_workers(counted, built_repo):
     }
     assert after[("cali_reg_model_info", frozenset(info.items()))] == 1
     # the access log: one JSON line per request; the last scrape is not in its own counts
-    lines = [json.loads(line) for line in counted.access_log()]
-    assert len(lines) == sum(v for (n, _), v in after.items() if n == count) + 1
+    answered = int(sum(v for (n, _), v in after.items() if n == count)) + 1
+    lines = [json.loads(line) for line in counted.access_log(answered)]
+    assert len(lines) == answered
     assert set(lines[-1]) == {"time", "method", "path", "status", "duration_ms", "rows"}
     infer = [x for x in lines if x["path"] == "/v2/models/quant-model/infer"]
     assert len(infer) == k // 3 and all(x["rows"] == 2 and x["status"] == 200 for x in infer)
@@ -706,9 +707,15 @@ def test_rows_outside_the_training_range_are_counted_by_feature(server):
 
 
 def test_the_text_access_log_has_one_line_per_request(server):
+    # every request answered so far, and this scrape: their lines, once all are written
+    before = int(sum(v for (n, _), v in scrape(server).items() if n == "cali_reg_requests_total"))
+    before += 1
+    assert len(server.access_log(before)) == before
     server.request("GET", "/ping?x=1")
     server.post({"dataframe_records": _records()})
-    last = server.access_log()[-2:]
+    log = server.access_log(before + 2)
+    assert len(log) == before + 2
+    last = log[-2:]
     stamp = r"\d\d\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\dZ"
     assert re.fullmatch(stamp + r" GET /ping 200 [\d.]+ms rows=0", last[0]), last
     assert re.fullmatch(stamp + r" POST /invocations 200 [\d.]+ms rows=2", last[1]), last
@@ -779,6 +786,59 @@ def test_a_bug_is_a_500_with_its_traceback_in_the_log_and_a_4xx_is_not(
     captured = capfd.readouterr()
     assert captured.err.count("Traceback") == 2 and "ZeroDivisionError: a bug" in captured.err
     assert [json.loads(line)["status"] for line in captured.out.splitlines()] == [500, 500]
+
+
+def test_access_lines_are_written_together_whole_soon_and_at_shutdown(tmp_path):
+    import asyncio
+    import select
+
+    from cali_reg import serve
+    from cali_reg.model import FloatModel, dumps
+
+    path = tmp_path / "float.json"
+    path.write_text(dumps(FloatModel(FEATURES, np.ones(8), 0.0)))
+    app = serve.App(path, access_log="text")
+    writes = []
+    app.access_log._write = writes.append
+
+    def written() -> int:
+        return sum(w.count(b"\n") for w in writes)
+
+    line = serve.access_line("text", "POST", "/invocations", 200, 0.0005, 1)
+    n = 3 * select.PIPE_BUF // len(line)
+    loop = asyncio.new_event_loop()
+    try:
+        app.__rsgi_init__(loop)
+        for _ in range(n):
+            app.access_log.add(line)
+        # whole lines, a pipe's atomic write at most, as the buffer fills; the rest waits
+        assert writes and all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)
+        assert 0 < written() < n
+        loop.run_until_complete(asyncio.sleep(serve.LOG_FLUSH_SECONDS * 5))
+        assert written() == n
+        app.access_log.add(line)
+        assert written() == n
+        app.__rsgi_del__(loop)  # a worker's shutdown (SIGTERM) writes what still waits
+        assert written() == n + 1
+    finally:
+        loop.close()
+
+
+def test_sigterm_right_after_answers_loses_no_access_line(built_repo):
+    srv = Server(built_repo, "--workers", "1", "--no-metrics")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    k = 20
+    try:
+        for _ in range(k):
+            assert srv.post({"dataframe_records": _records()}, conn=conn)[0] == 200
+        conn.close()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(STOP_GRACE) == 0
+        log = srv.access_log()
+    finally:
+        srv.stop()
+    # the start-up check's /ping, then the k requests, all written before the worker exited
+    assert len(log) == k + 1 and all(" POST /invocations 200 " in x for x in log[1:]), log
 
 
 def test_a_model_file_with_features_permuted_serves_what_the_original_does(built_repo, tmp_path):

@@ -95,8 +95,15 @@ class Server:
             Path(f.name).unlink(missing_ok=True)
         return self.proc.returncode
 
-    def access_log(self) -> list[str]:
-        return Path(self.log.name).read_text().splitlines()
+    def access_log(self, lines: int = 0) -> list[str]:
+        """The access log once it has at least ``lines`` lines (workers write theirs within
+        ``serve.LOG_FLUSH_SECONDS``), or after 5 s."""
+        deadline = time.monotonic() + 5
+        while True:
+            log = Path(self.log.name).read_text().splitlines()
+            if len(log) >= lines or time.monotonic() > deadline:
+                return log
+            time.sleep(0.01)
 
     def stderr(self) -> str:
         return Path(self.errors.name).read_text()

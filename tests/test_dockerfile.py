@@ -4,10 +4,12 @@ Building the image needs a container engine (docs/docker.md); these tests check,
 without one, that the package and files it ships serve predictions on their own.
 """
 
+import fnmatch
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -32,6 +34,29 @@ def allowed_in_context() -> list[str]:
     return [line[1:] for line in lines if line.startswith("!")]
 
 
+def in_context(rel: str) -> bool:
+    """Whether .dockerignore lets ``rel`` into the build context.
+
+    Docker matches a pattern segment by segment (``*`` never crosses a ``/``), so
+    ``cali_reg/*.py`` does not reach ``cali_reg/formats/``.
+    """
+    parts = rel.split("/")
+    return any(
+        len(pattern.split("/")) == len(parts)
+        and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern.split("/"), strict=True))
+        for pattern in allowed_in_context()
+    )
+
+
+def package_sources() -> list[str]:
+    """The package's Python files, relative to the project root."""
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "cali_reg").rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+
+
 def pin(text: str, package: str) -> str:
     found = re.findall(rf"^{package}==(\S+)", text, flags=re.M)
     return found[0] if len(found) == 1 else ""
@@ -52,6 +77,17 @@ def test_the_context_holds_exactly_the_files_the_image_copies():
         assert entry in copied_sources() or entry.split("/")[0] in copied_sources(), entry
 
 
+def test_every_package_module_reaches_the_image_and_the_wheel():
+    missing = [rel for rel in package_sources() if not in_context(rel)]
+    assert not missing, f"not in the build context (.dockerignore): {missing}"
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {
+        str(p.parent.relative_to(ROOT)).replace("/", ".")
+        for p in ROOT.glob("cali_reg/**/__init__.py")
+    }
+    assert set(config["packages"]) == packages
+
+
 @pytest.fixture(scope="module")
 def image(built_repo, tmp_path_factory):
     """The image's contents, laid out by hand: a bare venv with numpy and the package, and /app."""
@@ -65,9 +101,10 @@ def image(built_repo, tmp_path_factory):
     for name in ("numpy", "numpy.libs"):  # numpy only: none of its neighbours
         if (numpy_dir.parent / name).exists():
             (site / name).symlink_to(numpy_dir.parent / name)
-    shutil.copytree(
-        ROOT / "cali_reg", site / "cali_reg", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for rel in package_sources():  # what the build context lets through, nothing else
+        if in_context(rel):
+            (site / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, site / rel)
     app = root / "app"
     for rel in ("models/quant.json", "models/float.json", "data/sample.csv"):
         assert rel in copied_sources(), rel

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cali_reg.data import FEATURES
 from cali_reg.model import load_model
 from tests.helpers import sh
-from tests.helpers.server import Server
+from tests.helpers.server import STOP_GRACE, Server
 
 pytest.importorskip("granian")
 pytest.importorskip("orjson")

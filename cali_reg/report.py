@@ -84,15 +84,27 @@ def base_file(root: Path, sha: str, path: str) -> str | None:
     return proc.stdout.decode() if proc.returncode == 0 else None
 
 
-def robustness_rows(text: str | None) -> tuple[str, list[dict]]:
-    """The default variant's label and rows of a robustness table (the first if none is)."""
-    if not text:
-        return "", []
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows:
-        return "", []
-    default = next((r for r in rows if "(the default)" in r["label"]), rows[0])
-    return default["label"], [r for r in rows if r["variant"] == default["variant"]]
+def robustness_rows(text: str | None) -> list[dict]:
+    """The rows of a robustness table (plots/robustness.csv), as dicts of strings."""
+    return list(csv.DictReader(io.StringIO(text))) if text else []
+
+
+def served_variant(rows: list[dict], bits, payload) -> str | None:
+    """The variant of the first row at this width and payload: the quantised model's format.
+
+    The metrics name no format, but a width and a payload tell them apart in practice
+    (the payload counts every byte of the format's layout); None if no row matches.
+    """
+    return next(
+        (
+            r["variant"]
+            for r in rows
+            if not r["variant"].startswith("selected")
+            and r["bits"] == str(bits)
+            and r["payload_bytes"] == str(payload)
+        ),
+        None,
+    )
 
 
 # --- formatting ------------------------------------------------------------
@@ -169,36 +181,69 @@ def metrics_section(metrics: dict) -> str:
     return text
 
 
-def robustness_section(base_text: str | None, work_text: str | None, bits: dict) -> str:
-    label, work = robustness_rows(work_text)
-    _, base = robustness_rows(base_text)
+def robustness_section(base_text: str | None, work_text: str | None, models: dict) -> str:
+    """The 20-split figures of the selection by margin, and of each model's format by width.
+
+    ``models`` maps "base model" and "workspace model" to (bits, payload_bytes).
+    """
+    work, base = robustness_rows(work_text), robustness_rows(base_text)
     if not work:
         return f"## Robustness\n\n`{ROBUSTNESS}` is missing or empty in the workspace."
     same = base_text == work_text
-    base_by_bits = {r["bits"]: r for r in base}
-    rows = []
-    for r in work:
-        mark = [name for name, b in bits.items() if str(b) == r["bits"]]
-        row = [r["bits"] + (" ◀ " + ", ".join(mark) if mark else ""), r["payload_bytes"]]
-        row += [r["test_delta_r2_mean"], r["test_delta_r2_worst"]]
-        if not same:
-            old = base_by_bits.get(r["bits"], {})
-            row += [old.get("test_delta_r2_mean", "–"), old.get("test_delta_r2_worst", "–")]
-        rows.append(row)
-    header = ["bits", "payload (B)", "mean ΔR²", "worst ΔR²"]
-    if not same:
-        header += ["base mean ΔR²", "base worst ΔR²"]
     note = (
         "unchanged from base"
         if same
         else ("not in base" if base_text is None else "changed: base columns on the right")
     )
-    return (
-        f"## Robustness over 20 splits: {label}\n\n"
+    header = ["mean ΔR²", "worst ΔR²"] + ([] if same else ["base mean ΔR²", "base worst ΔR²"])
+
+    def figures(row: dict, old: dict | None) -> list[str]:
+        cells = [row["test_delta_r2_mean"], row["test_delta_r2_worst"]]
+        if not same:
+            old = old or {}
+            cells += [old.get("test_delta_r2_mean", "–"), old.get("test_delta_r2_worst", "–")]
+        return cells
+
+    def key(r: dict) -> tuple[str, str]:
+        return r["variant"], r["bits"]
+
+    base_by_key = {key(r): r for r in base}
+    text = [
+        "## Robustness over 20 splits",
         f"From `{ROBUSTNESS}` ({note}): test R² of the quantised model minus the float "
-        "model's, re-fitted on each seeded split; mean and worst over the splits. "
-        "◀ marks the width of each model.\n\n" + table(header, rows)
-    )
+        "model's, each re-fitted and quantised on its own seeded split; mean and worst over "
+        "the splits.",
+    ]
+    selected = [r for r in work if r["variant"].startswith("selected")]
+    if selected:
+        rows = [
+            [r["label"], r["payload_bytes"], *figures(r, base_by_key.get(key(r)))] for r in selected
+        ]
+        text.append(
+            "The selection by margin, repeated on each split (the largest payload it picked):"
+            "\n\n" + table(["selection", "payload (B)", *header], rows)
+        )
+    # each model's format, read in its own revision's table
+    variant_of = {
+        name: served_variant(base if name == "base model" and base else work, *shape)
+        for name, shape in models.items()
+    }
+    for name, shape in models.items():
+        if variant_of[name] is None:
+            text.append(f"The {name} ({fmt(shape[0])} bits, {fmt(shape[1])} B) matches no row.")
+    for variant in dict.fromkeys(v for v in variant_of.values() if v is not None):
+        owners = [n for n, v in variant_of.items() if v == variant]
+        rows = []
+        for r in (r for r in work if r["variant"] == variant):
+            mark = [n for n in owners if str(models[n][0]) == r["bits"]]
+            cell = r["bits"] + (" ◀ " + ", ".join(mark) if mark else "")
+            rows.append([cell, r["payload_bytes"], *figures(r, base_by_key.get(key(r)))])
+        label = rows and next(r["label"] for r in work if r["variant"] == variant)
+        text.append(
+            f"The format of the {' and '.join(owners)}, {label}, at each width "
+            "(◀ marks the model's):\n\n" + table(["bits", "payload (B)", *header], rows)
+        )
+    return "\n\n".join(text)
 
 
 # --- plots -----------------------------------------------------------------
@@ -264,8 +309,9 @@ def build(
     base_rob = base_file(root, sha, ROBUSTNESS)
     work_path = root / ROBUSTNESS
     work_rob = work_path.read_text() if work_path.exists() else None
-    bits = {
-        f"{rev} model": metrics.get(MODELS["quant"], {}).get("bits", {}).get(key)
+    quant = metrics.get(MODELS["quant"], {})
+    models = {
+        f"{rev} model": tuple(quant.get(m, {}).get(key) for m in ("bits", "payload_bytes"))
         for rev, key in (("base", "old"), (WORKSPACE, "new"))
     }
     images = plot_images(root, sha)
@@ -282,7 +328,7 @@ def build(
     else:
         parts.append(summary(params, metrics))
     parts += [params_section(params), metrics_section(metrics)]
-    parts.append(robustness_section(base_rob, work_rob, bits))
+    parts.append(robustness_section(base_rob, work_rob, models))
 
     written = []
     if not nothing:

@@ -1,5 +1,6 @@
 """The report: a real commit against another, as a reviewer would see a pull request."""
 
+import json
 import re
 import shutil
 import struct
@@ -54,20 +55,34 @@ def test_the_report_names_the_param_and_shows_bits_and_r2_moving(two_commits, tm
     base = sh(["git", "rev-parse", "--short", "HEAD~1"], two_commits).stdout.strip()
     assert f"Base: `{base}`" in text
     assert "Nothing changed" not in text
-    summary = "**Summary**: 1 param(s) changed; the quantised model: 4 → 3 bits, 16 → 15 B, "
-    assert summary + "test R² 0.573381 → 0.578787." in text
+    old = json.loads(sh(["git", "show", "HEAD~1:metrics/quant.json"], two_commits).stdout)
+    new = read_json(two_commits / "metrics/quant.json")
+    assert new["payload_bytes"] < old["payload_bytes"] and new["r2"] != old["r2"]
+    moves = [f"{old['bits']} → {new['bits']} bits"] if new["bits"] != old["bits"] else []
+    moves += [f"{old['payload_bytes']} → {new['payload_bytes']} B"]
+    moves += [f"test R² {old['r2']:.6g} → {new['r2']:.6g}"]
+    assert f"**Summary**: 1 param(s) changed; the quantised model: {', '.join(moves)}." in text
 
     assert rows(text, "`quantize.margin`") == [["`quantize.margin`", "0.001", "0.01"]]
     [bits] = rows(text, "`bits`")
     assert bits[1:4] == ["64", "64", "0"]  # the float model did not move
-    assert bits[4:] == ["4", "3", "-1"]  # the quantised one lost a bit
+    assert bits[4:6] == [str(old["bits"]), str(new["bits"])]
+    [payload] = rows(text, "`payload_bytes`")
+    assert payload[4:] == [
+        str(old["payload_bytes"]),
+        str(new["payload_bytes"]),
+        f"{new['payload_bytes'] - old['payload_bytes']:+d}",
+    ]
     [r2] = rows(text, "`r2`")
     assert r2[3] == "0" and r2[4] != r2[5]
-    assert float(r2[5]) == read_json(two_commits / "metrics/quant.json")["r2"]
+    assert float(r2[5]) == new["r2"]
     assert float(r2[6]) == pytest.approx(float(r2[5]) - float(r2[4]), abs=1e-9)
-    # the robustness summary of the default scheme marks both widths
-    assert re.search(r"^\| 3 ◀ workspace model \| 15 \|", text, re.M)
-    assert re.search(r"^\| 4 ◀ base model \| 16 \|", text, re.M)
+    # the robustness section: the selection by margin, and each model's format marked at
+    # its own width and payload
+    assert "The selection by margin, repeated on each split" in text
+    for name, m in (("base model", old), ("workspace model", new)):
+        marked = re.findall(rf"^\| {m['bits']} ◀ [^|]*{name}[^|]* \| (\d+) \|", text, re.M)
+        assert marked == [str(m["payload_bytes"])], name
 
     # every image it names is there and is a PNG; none is left unnamed
     named = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)

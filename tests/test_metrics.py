@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sh
+from tests.helpers import sh
 
 pytest.importorskip("prometheus_client")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, dvc, project_env, read_json, sh
+from tests.helpers import copy_project, dvc, read_json, run_queue, sh
 
 METRICS = ("metrics/float.json", "metrics/quant.json", "metrics/compare.json")
 # What DVC keeps for itself: its cache, and the queue's temp copies and logs.
@@ -53,30 +53,7 @@ def queue_and_run(repo: Path, *sets: str, jobs: int = 2, timeout: float = 600) -
             r"Queueing with overrides '(\{.*?\})'\.\nQueued experiment '([^']+)'", out
         )
     }
-    try:
-        # The workers DVC starts outlive this command and inherit its stdout and
-        # stderr: hand it a file, not a pipe that would stay open until they exit.
-        with open(repo.parent / "queue-start.log", "w") as log:
-            subprocess.run(
-                [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
-                cwd=repo,
-                env=project_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=120,
-                check=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            status = dvc("queue", "status", cwd=repo).stdout
-            if not any(word in status for word in ("Queued", "Running")):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the queue did not finish in {timeout} s:\n{status}")
-            time.sleep(1)
-    finally:
-        dvc("queue", "stop", "--kill", cwd=repo, check=False)
+    status = run_queue(repo, jobs, timeout)
     states = {line.split()[1]: line.split()[-1] for line in status.splitlines()[1:] if line.split()}
     return {name: (overrides, states.get(name)) for name, overrides in queued.items()}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import call_cli, call_stage, dvc, project_env, read_json, set_params
+from tests.helpers import call_cli, call_stage, dvc, project_env, read_json, run_queue, set_params
 
 OUTPUT_GLOBS = ("data/*.csv", "models/*", "metrics/*.json", "plots/*.csv")
 
@@ -280,30 +280,7 @@ def test_two_queued_experiments_run_in_parallel_with_their_own_metrics(repo):
             cwd=repo,
         ).stdout
         names[bits] = out.split("Queued experiment '")[1].split("'")[0]
-    try:
-        # The workers DVC starts outlive this command and inherit its stdout and
-        # stderr: hand it a file, not a pipe that would stay open until they exit.
-        with open(repo.parent / "queue-start.log", "w") as log:
-            subprocess.run(
-                [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"],
-                cwd=repo,
-                env=project_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=120,
-                check=True,
-            )
-        deadline = time.monotonic() + 240
-        while True:
-            status = dvc("queue", "status", cwd=repo).stdout
-            if not any(word in status for word in ("Queued", "Running")):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the queue did not finish in 240 s:\n{status}")
-            time.sleep(1)
-    finally:
-        dvc("queue", "stop", "--kill", cwd=repo, check=False)
+    status = run_queue(repo, jobs=2, timeout=240)
     lines = {
         line.split()[1]: line.split()[-1]
         for line in status.splitlines()

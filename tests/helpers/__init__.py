@@ -17,10 +17,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "free_ports",
     "project_env",
     "read_json",
+    "run_queue",
     "s3_client",
     "set_params",
     "sh",
@@ -230,3 +233,35 @@ def call_cli(argv: Sequence[str], cwd, stdin: str = "") -> subprocess.CompletedP
         return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
     finally:
         sys.stdin = saved
+
+
+def run_queue(repo, jobs: int = 2, timeout: float = 600) -> str:
+    """``dvc queue start -j jobs``, waited for until nothing is queued or running.
+
+    Returns the last ``dvc queue status``; fails the test past ``timeout`` seconds, and
+    stops the queue's workers whatever happens.
+    """
+    try:
+        # The workers DVC starts outlive this command and inherit its stdout and
+        # stderr: hand it a file, not a pipe that would stay open until they exit.
+        with open(Path(repo).parent / "queue-start.log", "w") as log:
+            subprocess.run(
+                [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                cwd=repo,
+                env=project_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            status = dvc("queue", "status", cwd=repo).stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                return status
+            if time.monotonic() > deadline:
+                pytest.fail(f"the queue did not finish in {timeout:g} s:\n{status}")
+            time.sleep(1)
+    finally:
+        dvc("queue", "stop", "--kill", cwd=repo, check=False)

@@ -535,16 +535,8 @@ def _split(split: object, schema: Schema, body: bytes | None) -> Chunk:
         # The fast path, for numbers only: strings, nulls and ragged rows give numpy
         # another dtype or a ValueError. numpy takes true and false as 1 and 0, so a
         # block holding a 0 or a 1 goes on only if the body has neither word.
-        try:
-            block = np.array(data)
-        except (ValueError, OverflowError):
-            block = None
-        if (
-            block is not None
-            and block.dtype.kind in "fi"
-            and block.ndim == 2
-            and block.shape[1] == len(columns)
-        ):
+        block = _numeric_array(data)
+        if block is not None and block.ndim == 2 and block.shape[1] == len(columns):
             X = block[:, order].astype(np.float64)
             if np.isfinite(X).all() and _no_booleans(X, body):
                 return Chunk(X, None)
@@ -696,18 +688,21 @@ def _v2_tensor(tensor: object, k: int) -> tuple[str, list[int], str, object]:
     return name, shape, datatype, tensor["data"]
 
 
-def _v2_values(name, shape, datatype, data, body, columns) -> np.ndarray:
-    """The tensor's values, flat, as float64 (FP32 through float32); RowsError naming the cell."""
-    size = math.prod(shape)
+def _numeric_array(data) -> np.ndarray | None:
+    """``data`` as an array of numbers, for the fast path; None where numpy finds anything
+    else (strings, nulls, ragged rows), which the row-by-row checks then name."""
     try:
         block = np.array(data)
     except (ValueError, OverflowError):
-        block = None
-    if (
-        block is not None
-        and block.dtype.kind in "fi"
-        and (list(block.shape) == shape or block.shape == (size,))
-    ):
+        return None
+    return block if block.dtype.kind in "fi" else None
+
+
+def _v2_values(name, shape, datatype, data, body, columns) -> np.ndarray:
+    """The tensor's values, flat, as float64 (FP32 through float32); RowsError naming the cell."""
+    size = math.prod(shape)
+    block = _numeric_array(data)
+    if block is not None and (list(block.shape) == shape or block.shape == (size,)):
         flat = block.reshape(-1).astype(np.float64)
         if np.isfinite(flat).all() and _no_booleans(flat, body) and _fits(flat, datatype):
             return _as_datatype(flat, datatype)

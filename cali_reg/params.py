@@ -110,6 +110,19 @@ def load_params(section: str, rules: dict[str, Rule], path: Path | str = PARAMS_
     return validate_section(_read(path), section, rules)
 
 
+def load_param(section: str, key: str, rules: dict[str, Rule], path: Path | str = PARAMS_FILE):
+    """Read ``path`` and return one key of a section, checked by ``rules[key]``.
+
+    For a stage that reads one key of another stage's section: it declares only
+    ``section.key`` in dvc.yaml, so that changing the section's other keys does not
+    re-run it.
+    """
+    params = _read(Path(path))
+    values = params.get(section) if isinstance(params, dict) else None
+    one = {key: values[key]} if isinstance(values, dict) and key in values else {}
+    return validate_section({section: one}, section, {key: rules[key]})[key]
+
+
 def read_params(section: str, path: Path | str = PARAMS_FILE) -> dict:
     """One section of ``path`` as it stands, for a stage that reports another stage's params.
 
@@ -125,5 +138,5 @@ def read_params(section: str, path: Path | str = PARAMS_FILE) -> dict:
 
 
 # The split section's rules: the split stage's, and the robustness stage reads
-# split.test_size through them too.
+# split.test_size through them too (load_param).
 SPLIT_RULES = {"test_size": number_open(0, 1), "seed": int_in(0, 2**32 - 1)}

@@ -11,6 +11,12 @@ import pytest
 
 from tests.helpers import shared_build
 
+# The BLAS threads of numpy (OpenBLAS here) spin on their cores after each call; on a
+# small machine running two test workers they take the CPU that the other worker's
+# processes need. The pipeline's outputs are the same with one thread (CI's gate runs the
+# pipeline with the default), and every process the tests start inherits this.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(items) -> None:
     """Mark ``pipeline`` every test that needs the built copy, so that ``-m "not pipeline"``
@@ -33,7 +39,8 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory) -> Path:
-    """A copy of the project after a full ``dvc repro -f``. Read it; do not change it.
+    """A copy of the project with its pipeline built (``build_project``). Read it; do not
+    change it.
 
     Built once per test run: parallel workers (``-n``) share the build, each reading its
     own copy of it.

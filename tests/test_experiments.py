@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, dvc, read_json, run_queue, sh
+from tests.helpers import call_stage, copy_project, dvc, read_json, run_queue, set_params, sh
 
 METRICS = ("metrics/float.json", "metrics/quant.json", "metrics/compare.json")
 # What DVC keeps for itself: its cache, and the queue's temp copies and logs.
@@ -98,12 +98,19 @@ def test_a_queued_grid_runs_two_at_a_time_and_leaves_the_workspace_as_committed(
         assert errors[0].startswith("error: params.yaml: quantize.margin = -1 is not allowed")
         assert "Traceback" not in log
 
-    # Each experiment's metrics are those of the same settings run alone in another copy.
+    # Each experiment's metrics are those of the same settings run alone in another copy:
+    # its params set, and the two stages they change (quantize, evaluate) called in turn.
     found = experiment_metrics(repo)
     alone = tmp_path / "alone"
     shutil.copytree(built_repo, alone, symlinks=True)
     for name, overrides in good.items():
-        dvc("exp", "run", *[a for o in overrides for a in ("-S", o)], cwd=alone)
+        shutil.copy2(built_repo / "params.yaml", alone / "params.yaml")
+        for override in overrides:
+            key, value = override.split("=", 1)
+            section, param = key.split(".")
+            set_params(alone, **{section: {param: yaml.safe_load(value)}})
+        for stage in ("quantize", "evaluate"):
+            assert call_stage(stage, alone).returncode == 0, (name, stage)
         expected = {path: read_json(alone / path) for path in METRICS}
         assert {p: found[name][p] for p in METRICS} == expected, (name, overrides)
         settings = yaml.safe_load((alone / "params.yaml").read_text())["quantize"]

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cali_reg.errors import UserError
-from cali_reg.params import load_params, read_params, validate_section
+from cali_reg.params import load_param, load_params, read_params, validate_section
 from stages.quantize import RULES as QUANTIZE_RULES
 from stages.robustness import RULES as ROBUSTNESS_RULES
 from stages.split import RULES as SPLIT_RULES
@@ -103,3 +103,17 @@ def test_read_params_gives_a_section_as_it_stands_for_a_reporting_stage(tmp_path
     path.write_text("split: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         read_params("split", path)
+
+
+def test_load_param_checks_only_its_key_by_the_sections_rule(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("split:\n  test_size: 0.25\n  seed: -1\n  extra: 1\n")
+    # the other keys are the split stage's to check: not read, not refused here
+    assert load_param("split", "test_size", SPLIT_RULES, path) == 0.25
+    path.write_text("split:\n  test_size: 1.5\n  seed: 42\n")
+    with pytest.raises(UserError, match=r"split\.test_size = 1\.5 is not allowed; use a number"):
+        load_param("split", "test_size", SPLIT_RULES, path)
+    for text in ("split:\n  seed: 42\n", "quantize: {}\n"):
+        path.write_text(text)
+        with pytest.raises(UserError, match=r"split\.test_size is missing; set it to a number"):
+            load_param("split", "test_size", SPLIT_RULES, path)

@@ -101,15 +101,30 @@ def ran_stages(proc) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
 
 
-def use_s3(repo: Path, home: Path, s3: S3Server, prefix: str, endpoint: str | None = None):
-    """Point the committed ``s3`` remote at the local server (one ``modify`` each) and make it
-    the default; only ``.dvc/config.local`` changes, as a user would do it."""
-    for option, value in (
-        ("endpointurl", endpoint or s3.endpoint),
-        ("url", f"s3://{s3.bucket}/{prefix}"),
-    ):
-        dvc("remote", "modify", "--local", "s3", option, value, cwd=repo, home=home)
-    dvc("remote", "default", "--local", "s3", cwd=repo, home=home)
+def use_s3(
+    repo: Path,
+    home: Path,
+    s3: S3Server,
+    prefix: str,
+    endpoint: str | None = None,
+    commands: bool = False,
+):
+    """Point the committed ``s3`` remote at the local server and make it the default; only
+    ``.dvc/config.local`` changes. ``commands``: as a user does it, one ``dvc remote``
+    command per setting; otherwise through DVC's own config API in this process, which
+    writes the same file (test_round_trip_through_s3 checks) without three start-ups."""
+    endpoint = endpoint or s3.endpoint
+    url = f"s3://{s3.bucket}/{prefix}"
+    if commands:
+        for option, value in (("endpointurl", endpoint), ("url", url)):
+            dvc("remote", "modify", "--local", "s3", option, value, cwd=repo, home=home)
+        dvc("remote", "default", "--local", "s3", cwd=repo, home=home)
+        return
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(repo / ".dvc")).edit("local") as conf:
+        conf["remote"]["s3"] = {"endpointurl": endpoint, "url": url}
+        conf["core"]["remote"] = "s3"
 
 
 def clone(origin: Path, dest: Path, home: Path, s3: S3Server, prefix: str) -> Path:
@@ -190,7 +205,10 @@ def test_default_remote_push_and_pull_need_no_setup(project, home, tmp_path):
 @pytest.mark.slow
 def test_round_trip_through_s3(project, home, s3, tmp_path):
     a = pushed_clone(project, home, s3, "round-trip-A", "round-trip")
-    b = clone(project["origin"], tmp_path / "B", home, s3, "round-trip")
+    b = tmp_path / "B"
+    git("clone", "-q", str(project["origin"]), str(b), cwd=b.parent, home=home)
+    use_s3(b, home, s3, "round-trip", commands=True)  # the user's way, once
+    assert (b / ".dvc/config.local").read_text() == (a / ".dvc/config.local").read_text()
     assert not (b / ".dvc" / "cache").exists(), "B starts with an empty cache"
     dvc("pull", cwd=b, home=home, extra=s3.env)
     outputs = lock_outputs(a)

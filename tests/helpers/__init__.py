@@ -279,7 +279,7 @@ def run_queue(repo, jobs: int = 2, timeout: float = 600) -> str:
                 return status
             if time.monotonic() > deadline:
                 pytest.fail(f"the queue did not finish in {timeout:g} s:\n{status}")
-            time.sleep(1)
+            time.sleep(2)  # each `dvc queue status` costs half a second of CPU
     finally:
         dvc("queue", "stop", "--kill", cwd=repo, check=False)
         _stop_queue_workers(Path(repo))

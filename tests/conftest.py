@@ -4,12 +4,11 @@ The helpers they use, and that tests import, are in tests/helpers/.
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import shared_build
+from tests.helpers import copy_built, shared_build
 
 # The BLAS threads of numpy (OpenBLAS here) spin on their cores after each call; on a
 # small machine running two test workers they take the CPU that the other worker's
@@ -55,5 +54,5 @@ def built_repo(tmp_path_factory) -> Path:
 def repo(built_repo, tmp_path) -> Path:
     """A private, already-built copy (outputs and DVC cache included) that a test may change."""
     dest = tmp_path / "repo"
-    shutil.copytree(built_repo, dest, symlinks=True)
+    copy_built(built_repo, dest)
     return dest

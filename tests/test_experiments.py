@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import call_stage, copy_project, dvc, read_json, run_queue, set_params, sh
+from tests.helpers import (
+    call_stage,
+    copy_built,
+    copy_project,
+    dvc,
+    read_json,
+    run_queue,
+    set_params,
+    sh,
+)
 
 METRICS = ("metrics/float.json", "metrics/quant.json", "metrics/compare.json")
 # What DVC keeps for itself: its cache, and the queue's temp copies and logs.
@@ -102,7 +111,7 @@ def test_a_queued_grid_runs_two_at_a_time_and_leaves_the_workspace_as_committed(
     # its params set, and the two stages they change (quantize, evaluate) called in turn.
     found = experiment_metrics(repo)
     alone = tmp_path / "alone"
-    shutil.copytree(built_repo, alone, symlinks=True)
+    copy_built(built_repo, alone)
     for name, overrides in good.items():
         shutil.copy2(built_repo / "params.yaml", alone / "params.yaml")
         for override in overrides:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, copy_project, dvc, project_env, sh
+from tests.helpers import ROOT, copy_built, copy_project, dvc, project_env, sh
 
 CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 CA = Path(os.environ.get("CONTAINER_CHECK_CA", "/etc/ssl/certs/ca-certificates.crt"))
@@ -127,7 +127,7 @@ def released(built_repo, tmp_path_factory):
     """
     base = tmp_path_factory.mktemp("released")
     repo, remote = base / "repo", base / "remote"
-    shutil.copytree(built_repo, repo, symlinks=True)
+    copy_built(built_repo, repo)
     dvc("remote", "modify", "--local", "local", "url", str(remote), cwd=repo)
     dvc("push", cwd=repo)
     v1 = (repo / "models/quant.json").read_bytes()

@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, S3Server, S3ServerError, free_ports, project_env, s3_client
+from tests.helpers import (
+    ROOT,
+    S3Server,
+    S3ServerError,
+    copy_built,
+    free_ports,
+    project_env,
+    s3_client,
+)
 
 COMMAND_TIMEOUT = 300
 DEFAULT_STORAGE = Path(".cache/cali-reg/dvc-storage")  # under HOME, as in .dvc/config
@@ -138,7 +146,7 @@ def project(built_repo, tmp_path_factory, home) -> dict:
     """Clone A (the built project, `dvc repro` run in it) and its bare git origin."""
     base = tmp_path_factory.mktemp("remote")
     a = base / "A"
-    shutil.copytree(built_repo, a, symlinks=True)
+    copy_built(built_repo, a)
     origin = base / "origin.git"
     git("clone", "-q", "--bare", str(a), str(origin), cwd=base, home=home)
     git("remote", "add", "origin", str(origin), cwd=a, home=home)

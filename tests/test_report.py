@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from cali_reg import report
 from cali_reg.errors import UserError
-from tests.helpers import dvc, read_json, sh
+from tests.helpers import copy_built, dvc, read_json, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +19,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def two_commits(built_repo, tmp_path_factory) -> Path:
     """The committed state, then `-S quantize.margin=0.01` committed on top of it."""
     repo = tmp_path_factory.mktemp("report") / "repo"
-    shutil.copytree(built_repo, repo, symlinks=True)
+    copy_built(built_repo, repo)
     dvc("exp", "run", "-S", "quantize.margin=0.01", cwd=repo)
     sh(["git", "commit", "-qam", "margin 0.01"], repo)
     sh(["git", "branch", "-f", "main", "HEAD~1"], repo)

@@ -1,7 +1,9 @@
 """``cali-reg serve`` in a subprocess on a free loopback port, for tests and benchmarks."""
 
+import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -39,6 +41,8 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.errors,
+            # its own process group: if the server must be killed, its workers go with it
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -85,11 +89,12 @@ class Server:
         """SIGTERM, then SIGKILL after a grace period; the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # Killed, or exited before its workers: none of the group may outlive the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         for f in (self.log, self.errors):
             f.close()
             Path(f.name).unlink(missing_ok=True)

@@ -258,7 +258,7 @@ class App:
         start = time.perf_counter()
         metrics = self.metrics
         if metrics is not None:
-            metrics.in_flight.inc(1)
+            metrics.started()
         route = route_of(scope.path, self.scoring.v2_route)
         rows, outside, kind = 0, None, None
         ctype = _JSON
@@ -300,8 +300,7 @@ class App:
         # answer finds its request there (its log line follows within LOG_FLUSH_SECONDS).
         seconds = time.perf_counter() - start
         if metrics is not None:
-            metrics.in_flight.inc(-1)
-            metrics.observe(
+            metrics.finished(
                 "other" if route is None else route.endpoint,
                 status,
                 seconds,

@@ -4,21 +4,18 @@ granian runs the app in several processes; ``prometheus_client``'s multiprocess 
 keeps each process's counts in a memory-mapped file of a shared folder
 (``$PROMETHEUS_MULTIPROC_DIR``, which ``cali-reg serve`` makes for each run) and a
 scrape of any worker sums the files, so after K requests the counters say K whichever
-workers answered. The per-request counts are written by ``_Slot``: a store of the new
-value at the sample's place in the mapped file, without prometheus_client's lock and
-process-id check per update (a syscall), which the serving path, one event-loop thread
-in a process made before the metrics, does not need.
+workers answered. The per-request counts are written in place: each sample is a float64
+of this process's mapped file, added to through a memoryview of the file, without
+prometheus_client's lock and process-id check per update (a syscall), which the serving
+path, one event-loop thread in a process made before the metrics, does not need.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from bisect import bisect_left
 
 import numpy as np
-
-_TWO_DOUBLES = struct.Struct("dd")  # a sample in prometheus_client's file: value, timestamp
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Latency buckets in seconds: single rows answer in well under a millisecond,
@@ -39,29 +36,14 @@ ERROR_KINDS = (
 )
 
 
-class _Slot:
-    """One sample of this process, updated in its memory-mapped file.
-
-    ``value`` is a ``prometheus_client`` value in multiprocess mode (pinned: this reads
-    its file and key). The file's mapping is looked up at each update: it is replaced when
-    the file grows for a new label value.
-    """
-
-    __slots__ = ("file", "pos", "value")
-
-    def __init__(self, value) -> None:
-        self.file, key = value._file, value._key
-        self.value = value.get()
-        self.file.write_value(key, self.value, 0.0)  # gives the sample its place
-        self.pos = self.file._positions[key]
-
-    def inc(self, amount: float) -> None:
-        self.value += amount
-        _TWO_DOUBLES.pack_into(self.file._m, self.pos, self.value, 0.0)
-
-
 class Metrics:
-    """The server's metrics in one worker process (``DIR_ENV`` must be set before import)."""
+    """The server's metrics in one worker process (``DIR_ENV`` must be set before import).
+
+    ``started`` and ``finished`` are the per-request calls. Each sample is a place in a
+    mapped file: (a memoryview of the file as float64s, the sample's index), found once,
+    when its labels are first used. A new label value may make prometheus_client grow
+    the file and map it anew; every place is then found again (``_locate``).
+    """
 
     def __init__(self, name: str, version: str, scheme: str, bits: int, features) -> None:
         from prometheus_client import Counter, Gauge, Histogram
@@ -113,23 +95,51 @@ class Metrics:
         )
         info.labels(name, version, scheme, str(bits)).set(1)
         # Children made once: a zero shows up before the first event, and no label
-        # lookup runs per request.
-        self._slots: dict[int, _Slot] = {}
-        self.in_flight = self._slot(in_flight._value)
-        self._outside = [self._slot(self.outside.labels(f)._value) for f in features]
-        self._errors = {kind: self._slot(self.errors.labels(kind)._value) for kind in ERROR_KINDS}
-        self._rows = {p: self._slot(self.rows.labels(p)._value) for p in ("mlflow", "v2")}
-        # (endpoint, status): (its count, its latency's sum, its latency's buckets)
-        self._by_route: dict[tuple[str, int], tuple[_Slot, _Slot, list[_Slot]]] = {}
+        # lookup runs per request. Their prometheus_client values, then their places.
+        self._in_flight_value = in_flight._value
+        self._outside_values = [self.outside.labels(f)._value for f in features]
+        self._error_values = {kind: self.errors.labels(kind)._value for kind in ERROR_KINDS}
+        self._rows_values = {p: self.rows.labels(p)._value for p in ("mlflow", "v2")}
+        # (endpoint, status): its count, its latency's sum and buckets (the statuses of
+        # an endpoint share its latency's)
+        self._route_values: dict[tuple[str, int], tuple] = {}
+        self._views: dict[int, tuple[object, memoryview]] = {}
+        self._locate()
 
-    def _slot(self, value) -> _Slot:
-        """The one slot of a sample (statuses of an endpoint share its latency's)."""
-        slot = self._slots.get(id(value))
-        if slot is None:
-            slot = self._slots[id(value)] = _Slot(value)
-        return slot
+    def _locate(self) -> None:
+        """Find every sample's place in its file (again, after a file may have grown)."""
+        place = self._place
+        self._in_flight = place(self._in_flight_value)
+        self._outside = [place(v) for v in self._outside_values]
+        self._errors = {kind: place(v) for kind, v in self._error_values.items()}
+        self._rows = {p: place(v) for p, v in self._rows_values.items()}
+        self._routes = {key: self._place_route(*v) for key, v in self._route_values.items()}
 
-    def observe(
+    def _place(self, value) -> tuple[memoryview, int]:
+        """(the file as float64s, the sample's index) of a prometheus_client value."""
+        file = value._file  # prometheus_client (pinned): its MmapedDict, mapped at ._m
+        _, mapped, view = self._views.get(id(file), (None, None, None))
+        if mapped is not file._m:
+            view = memoryview(file._m).cast("d")
+            self._views[id(file)] = (file, file._m, view)
+        # a sample is its value then its time stamp, at a multiple of 8 bytes
+        return view, file._positions[value._key] // 8
+
+    def _place_route(self, count, total, buckets) -> tuple:
+        counts, i = self._place(count)
+        hist, j = self._place(total)
+        return counts, i, hist, j, tuple(self._place(b)[1] for b in buckets)
+
+    def _remapped(self) -> bool:
+        """Whether a file grew (and was mapped anew) since the places were found."""
+        return any(file._m is not mapped for file, mapped, _ in self._views.values())
+
+    def started(self) -> None:
+        """A request arrived: one more in flight."""
+        view, i = self._in_flight
+        view[i] += 1
+
+    def finished(
         self,
         endpoint: str,
         status: int,
@@ -139,32 +149,53 @@ class Metrics:
         outside: np.ndarray | None = None,
         error: str | None = None,
     ) -> None:
-        """Count one answered request."""
-        key = (endpoint, status)
-        route = self._by_route.get(key)
+        """Count one answered request, no longer in flight."""
+        view, i = self._in_flight
+        view[i] -= 1
+        route = self._routes.get((endpoint, status))
         if route is None:
-            latency = self.latency.labels(endpoint)
-            route = self._by_route[key] = (
-                self._slot(self.requests.labels(endpoint, str(status))._value),
-                self._slot(latency._sum),
-                [self._slot(b) for b in latency._buckets],
-            )
-        count, total, buckets = route
-        count.inc(1)
-        total.inc(seconds)
+            route = self._new_route(endpoint, status)
+        counts, i, hist, j, buckets = route
+        counts[i] += 1
+        hist[j] += seconds
         # the files hold each bucket's own count (the first bound >= seconds, +Inf last);
         # the scrape accumulates them
-        buckets[bisect_left(BUCKETS, seconds)].inc(1)
+        hist[buckets[bisect_left(BUCKETS, seconds)]] += 1
         if rows:
-            self._rows[protocol].inc(rows)
+            view, i = self._rows[protocol]
+            view[i] += rows
         if outside is not None:
             for j in np.flatnonzero(outside):
-                self._outside[j].inc(int(outside[j]))
+                view, i = self._outside[j]
+                view[i] += int(outside[j])
         if error is not None:
-            slot = self._errors.get(error)
-            if slot is None:
-                slot = self._errors[error] = self._slot(self.errors.labels(error)._value)
-            slot.inc(1)
+            place = self._errors.get(error)
+            if place is None:
+                place = self._new_error(error)
+            view, i = place
+            view[i] += 1
+
+    def _new_route(self, endpoint: str, status: int) -> tuple:
+        latency = self.latency.labels(endpoint)
+        values = (
+            self.requests.labels(endpoint, str(status))._value,
+            latency._sum,
+            latency._buckets,
+        )
+        self._route_values[endpoint, status] = values
+        if self._remapped():
+            self._locate()
+        else:
+            self._routes[endpoint, status] = self._place_route(*values)
+        return self._routes[endpoint, status]
+
+    def _new_error(self, kind: str) -> tuple[memoryview, int]:
+        value = self._error_values[kind] = self.errors.labels(kind)._value
+        if self._remapped():
+            self._locate()
+        else:
+            self._errors[kind] = self._place(value)
+        return self._errors[kind]
 
 
 def scrape() -> tuple[bytes, str]:

@@ -23,6 +23,7 @@ from cali_reg.model import load_model
 from cali_reg.options import model_name
 from cali_reg.rows import (
     MLFLOW_KEYS,
+    RangeCheck,
     RowsError,
     Schema,
     check_range,
@@ -30,7 +31,6 @@ from cali_reg.rows import (
     csv_body,
     json_type,
     mlflow_rows,
-    outside_range,
     parse_json,
     v2_rows,
 )
@@ -63,7 +63,9 @@ class Served(NamedTuple):
     schema: Schema
     strict_range: bool
     info: bytes  # the JSON of /version and /metadata
-    count_outside: bool = True  # count rows outside the training range (for the metrics)
+    # The training range, if rows are checked against it: counted (for the metrics) or,
+    # with strict_range, refused; None if neither is asked or the model records no range.
+    range_check: RangeCheck | None = None
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -109,7 +111,10 @@ def load_served(
         ),
     }
     schema = Schema(features, id_column, False, strict_columns)
-    return Served(model, name, version, schema, strict_range, orjson.dumps(info), count_outside)
+    range_check = None
+    if model.training_range is not None and (strict_range or count_outside):
+        range_check = RangeCheck(model.training_range)
+    return Served(model, name, version, schema, strict_range, orjson.dumps(info), range_check)
 
 
 class Answer(NamedTuple):
@@ -122,14 +127,11 @@ class Answer(NamedTuple):
 
 def predict(served: Served, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions for the rows ``X`` (model order), and per feature the rows outside its range."""
-    training_range = served.model.training_range
-    outside = None
-    if training_range is not None and (served.strict_range or served.count_outside):
-        if served.strict_range:
-            check_range(X, served.features, training_range)
-        out = outside_range(X, training_range)
-        if out.any():  # most requests: no row outside, nothing to count
-            outside = out.sum(axis=0)
+    check, outside = served.range_check, None
+    if check is not None:
+        outside = check.outside(X)
+        if outside is not None and served.strict_range:
+            check_range(X, served.features, check.training_range)  # names the first value
     return checked_predict(served.model.predict, X), outside
 
 

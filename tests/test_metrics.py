@@ -19,11 +19,12 @@ import sys
 from cali_reg.metrics import Metrics, scrape
 
 m = Metrics("m", "v", "float", 64, ["a", "b"])
-m.in_flight.inc(1)
-m.observe("/x", 200, 0.0004, "mlflow", 3)
-m.observe("/x", 400, 0.003, error="range")  # another status: the same latency samples
-m.observe("/x", 200, 7.0, "v2", 2, outside=__import__("numpy").array([0, 2]))
-m.observe("/y", 404, 0.0005, error="a kind not listed")
+for _ in range(5):
+    m.started()
+m.finished("/x", 200, 0.0004, "mlflow", 3)
+m.finished("/x", 400, 0.003, error="range")  # another status: the same latency samples
+m.finished("/x", 200, 7.0, "v2", 2, outside=__import__("numpy").array([0, 2]))
+m.finished("/y", 404, 0.0005, error="a kind not listed")
 sys.stdout.write(scrape()[0].decode())
 """
 
@@ -64,3 +65,53 @@ def test_the_per_request_writes_are_what_a_scrape_reads(tmp_path):
     assert value("cali_reg_client_errors_total", kind="timeout") == 0  # listed: a zero
     assert value("cali_reg_requests_in_flight") == 1
     assert os.listdir(tmp_path)  # the counts went through the multiprocess files
+
+
+# Enough new endpoints that prometheus_client grows the files (1 MiB at first) and maps
+# them anew: the counts written after that still land where a scrape reads them.
+GROW = """
+import os, sys
+from cali_reg.metrics import Metrics, scrape
+
+m = Metrics("m", "v", "float", 64, ["a"])
+m.started()
+m.finished("/first", 200, 0.001, "mlflow", 1)
+path = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"histogram_{os.getpid()}.db")
+k = 0
+while os.path.getsize(path) <= 1 << 20:
+    m.started()
+    m.finished(f"/endpoint-{k}", 200, 0.001)
+    k += 1
+m.started()
+m.started()
+m.finished("/first", 200, 0.002, "v2", 2)
+m.finished("/first", 400, 0.003, error="a kind not listed")
+sys.stdout.write(f"{k}\\n" + scrape()[0].decode())
+"""
+
+
+def test_counts_stay_exact_when_the_files_grow(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = sh([sys.executable, "-c", f"import os; os.environ.update({env!r})\n{GROW}"], ROOT).stdout
+    k, text = out.split("\n", 1)
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert int(k) > 100  # the file did grow
+    assert got["cali_reg_requests_total", (("code", "200"), ("endpoint", "/first"))] == 2
+    assert got["cali_reg_requests_total", (("code", "400"), ("endpoint", "/first"))] == 1
+    assert got["cali_reg_requests_total", (("code", "200"), ("endpoint", "/endpoint-0"))] == 1
+    assert got["cali_reg_request_duration_seconds_count", (("endpoint", "/first"),)] == 3
+    assert got["cali_reg_request_duration_seconds_sum", (("endpoint", "/first"),)] == (
+        pytest.approx(0.006)
+    )
+    assert got["cali_reg_rows_predicted_total", (("protocol", "mlflow"),)] == 1
+    assert got["cali_reg_rows_predicted_total", (("protocol", "v2"),)] == 2
+    assert got["cali_reg_client_errors_total", (("kind", "a kind not listed"),)] == 1
+    assert got["cali_reg_requests_in_flight", ()] == 0
+    total = sum(v for (name, _), v in got.items() if name == "cali_reg_requests_total")
+    assert total == int(k) + 3

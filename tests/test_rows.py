@@ -262,3 +262,26 @@ def test_an_id_a_request_may_add_is_then_needed_on_every_row():
     doc["dataframe_records"][1].pop("id")
     with pytest.raises(RowsError, match="row 2: id key 'id' missing"):
         rows.mlflow_rows(doc, schema)
+
+
+@pytest.mark.parametrize("n", [1, rows.FEW_ROWS, rows.FEW_ROWS + 1, 50])
+def test_the_range_check_counts_what_outside_range_counts(n):
+    check = rows.RangeCheck(RANGE)
+    x = np.resize(X, (n, X.shape[1]))
+    assert check.outside(x) is None  # all inside, each path: Python floats or numpy
+    # on the limits is inside
+    assert check.outside(np.vstack([RANGE.low, RANGE.high])[:n]) is None
+    x[-1, 4] = np.nextafter(RANGE.high[4], np.inf)
+    x[0, 6] = np.nextafter(RANGE.low[6], -np.inf)
+    want = rows.outside_range(x, RANGE).sum(axis=0)
+    assert check.outside(x).tolist() == want.tolist()
+    assert want[4] == 1 and want[6] == 1
+
+
+def test_the_range_check_takes_nan_as_not_outside_as_outside_range_does():
+    check = rows.RangeCheck(RANGE)
+    x = X[:1].copy()
+    x[0, 2] = np.nan
+    assert check.outside(x) is None and not rows.outside_range(x, RANGE).any()
+    x[0, 3] = 1e308  # a NaN before it does not hide a value outside
+    assert check.outside(x).tolist() == [0, 0, 0, 1, 0, 0, 0, 0]

@@ -804,7 +804,7 @@ def test_access_lines_are_written_together_whole_soon_and_at_shutdown(tmp_path):
     def written() -> int:
         return sum(w.count(b"\n") for w in writes)
 
-    line = serve.access_line("text", "POST", "/invocations", 200, 0.0005, 1)
+    line = serve.access_line("text", "POST", "/invocations", 200, 500_000, 1)
     n = 3 * select.PIPE_BUF // len(line)
     loop = asyncio.new_event_loop()
     try:
@@ -867,11 +867,53 @@ def test_access_lines_are_one_line_whatever_the_path():
     from cali_reg.serve import access_line
 
     path = '/x"y\\z' + "é" * 1000
-    doc = json.loads(access_line("json", "GET", path, 404, 0.0012345, 0))
+    doc = json.loads(access_line("json", "GET", path, 404, 1_234_499, 0))
     assert doc["path"] == path[:512] and doc["duration_ms"] == 1.234 and doc["status"] == 404
-    text = access_line("text", "POST", "/invocations", 200, 0.0005, 3).decode()
+    text = access_line("text", "POST", "/invocations", 200, 500_000, 3).decode()
     assert text.endswith(" POST /invocations 200 0.5ms rows=3\n") and text.count("\n") == 1
-    assert len(access_line("text", "GET", path, 404, 0.0, 0)) < 4096  # one atomic write
+    assert len(access_line("text", "GET", path, 404, 0, 0)) < 4096  # one atomic write
+
+
+@pytest.mark.parametrize(
+    "ns,text",
+    [
+        (0, "0.0"),
+        (499, "0.0"),
+        (500, "0.001"),  # to the nearest microsecond
+        (70_000, "0.07"),
+        (1_000_000, "1.0"),
+        (1_234_567, "1.235"),
+        (12_000_400, "12.0"),
+        (123_456_789_012, "123456.789"),
+    ],
+)
+def test_access_lines_give_the_duration_in_milliseconds_as_json_would(ns, text):
+    from cali_reg.serve import access_line
+
+    line = access_line("text", "GET", "/ping", 200, ns, 0).decode()
+    assert line.endswith(f" GET /ping 200 {text}ms rows=0\n"), line
+    assert json.loads(access_line("json", "GET", "/ping", 200, ns, 0))["duration_ms"] == float(text)
+    assert text == repr(float(text))  # the text is the float's own shortest form
+
+
+def test_access_line_time_stamps_follow_the_clock(monkeypatch):
+    from cali_reg import serve
+
+    clock = serve._Clock()
+    monkeypatch.setattr(serve, "_clock", clock)
+    ns = [1_764_677_501_472_900_000]  # 2025-12-02T12:11:41.4729Z
+    monkeypatch.setattr(serve.time, "time_ns", lambda: ns[0])
+    stamps = []
+    for step in (0, 90_000, 10_000, 999_000_000, 3_600_000_000_000):
+        ns[0] += step
+        stamps.append(json.loads(serve.access_line("json", "GET", "/", 200, 0, 0))["time"])
+    assert stamps == [
+        "2025-12-02T12:11:41.472Z",
+        "2025-12-02T12:11:41.472Z",
+        "2025-12-02T12:11:41.473Z",
+        "2025-12-02T12:11:42.472Z",
+        "2025-12-02T13:11:42.472Z",
+    ]
 
 
 def test_routes():

@@ -37,7 +37,6 @@ import asyncio
 import csv
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cali_reg.data import FEATURES
+from tests.helpers.server import stop_group
 from tests.helpers.venvs import tool_python
 
 MLFLOW_PINS = ["mlflow==3.17.0", "scikit-learn==1.9.1"]
@@ -239,13 +239,7 @@ class Server:
         return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, STOP_GRACE, whole_group=True)
         self.log.close()
 
 

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items) -> None:
     """Mark ``pipeline`` every test that needs the built copy, so that ``-m "not pipeline"``
     selects the quick ones; and run those first, then the slow ones, then the rest.
 
-    The order is for the parallel workers: while one builds the copy, the other runs tests
+    The order is for the parallel workers: while one makes the copy, the others run tests
     that need none, and the longest tests start early rather than last on one worker.
     """
     for item in items:

@@ -43,8 +43,8 @@ def synthetic_run():
     The per-split deltas are recorded from the run itself rather than computed again.
     A few of the synthetic model's searches for codes reach the node bound (the real
     model's take a few hundred nodes): a lower bound here takes a second instead of 15
-    and changes nothing that these tests read (the searches' results are
-    tests/test_lattice's and tests/test_quantize's).
+    and changes nothing that these tests read (the searches' results are checked in
+    tests/test_quantize.py and tests/test_formats.py).
     """
     table, recorded = synthetic_table(seed=1), []
 

@@ -158,8 +158,8 @@ def build_project(dest: Path) -> Path:
     The outputs, and their objects in DVC's cache, are the working tree's own where it
     has them (CI's gate has just proved them reproduced byte for byte), and ``dvc repro``
     then rebuilds whatever is stale or missing, as it would for a user: a test run does
-    not repeat the whole pipeline. ``tests/test_pipeline.py`` forces full rebuilds and
-    compares them with these bytes. The bytecode (git- and dvc-ignored) is copied along
+    not repeat the whole pipeline. ``tests/test_pipeline.py`` forces one full rebuild and
+    compares it with these bytes. The bytecode (git- and dvc-ignored) is copied along
     with the copy, so that the stages and commands that the tests start in copies of it
     do not compile the package again each time (the tests run with
     PYTHONDONTWRITEBYTECODE).
@@ -167,14 +167,14 @@ def build_project(dest: Path) -> Path:
     repo = copy_project(dest)
     lock = repo / "dvc.lock"
     stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            md5 = out.get("md5", "")
-            obj = Path(".dvc", "cache", "files", "md5", md5[:2], md5[2:])
-            for rel in (out["path"], obj):
-                if len(md5) == 32 and (ROOT / rel).is_file() and not (repo / rel).exists():
-                    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(ROOT / rel, repo / rel)
+    outs = [out for stage in stages.values() for out in stage.get("outs", [])]
+    for out in outs:
+        md5 = out.get("md5", "")
+        obj = Path(".dvc", "cache", "files", "md5", md5[:2], md5[2:])
+        for rel in (out["path"], obj):
+            if (ROOT / rel).is_file() and not (repo / rel).exists():  # git's are there
+                (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / rel, repo / rel)
     dvc("repro", cwd=repo)
     sh([sys.executable, "-m", "compileall", "-q", "cali_reg", "stages"], repo)
     return repo

@@ -30,6 +30,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, grace: float, whole_group: bool = False) -> int:
+    """Stop a process started with ``start_new_session=True``, and all of its group; its
+    exit code.
+
+    SIGTERM goes to the process (as Kubernetes sends it to a container's first process),
+    or with ``whole_group`` to every process of the group; SIGKILL goes to what is left of
+    the group after ``grace`` seconds, or right away to workers that outlive their parent.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if whole_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
 class Server:
     """``cali-reg serve`` in a subprocess, stopped by its PID."""
 
@@ -91,14 +112,7 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after a grace period; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(STOP_GRACE)
-        # Killed, or exited before its workers: none of the group may outlive the test.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        stop_group(self.proc, STOP_GRACE)
         for f in (self.log, self.errors):
             f.close()
             Path(f.name).unlink(missing_ok=True)

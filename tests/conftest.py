@@ -29,35 +29,51 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 def pytest_collection_modifyitems(items) -> None:
     """Mark ``pipeline`` every test that needs the built copy, so that ``-m "not pipeline"``
-    selects the quick ones; and run those first, then the slow ones, then the rest.
+    selects the quick ones; and order the tests for the parallel workers.
 
-    The order is for the parallel workers: while one makes the copy, the others run tests
-    that need none, and the longest tests start early rather than last on one worker.
+    Longest first, as a scheduler of jobs on parallel machines would: the modules with
+    ``slow`` tests, then those using the built copy, then the quick ones, which fill the
+    workers' last seconds evenly. A module's tests stay together (its module-scoped
+    fixtures, such as a server or an image, start once per worker), its slow ones first.
     """
     for item in items:
         if "built_repo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pipeline)
 
-    def rank(item) -> int:
-        if not item.get_closest_marker("pipeline"):
+    def module_rank(module: str) -> int:
+        marks = [item for item in items if item.module.__name__ == module]
+        if any(item.get_closest_marker("slow") for item in marks):
             return 0
-        return 1 if item.get_closest_marker("slow") else 2
+        return 1 if any(item.get_closest_marker("pipeline") for item in marks) else 2
 
-    items.sort(key=rank)  # stable: within each rank, the modules' own order
+    ranks = {name: module_rank(name) for name in {item.module.__name__ for item in items}}
+    # stable: within each rank, the modules' own order
+    items.sort(
+        key=lambda item: (
+            ranks[item.module.__name__],
+            item.module.__name__,
+            not item.get_closest_marker("slow"),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
-def built_repo(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory) -> Path:
+    """A folder that all the parallel workers of this test run share (``once_per_run``)."""
+    base = tmp_path_factory.getbasetemp()
+    # under pytest-xdist, base is this worker's folder in the run's
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built_repo(run_dir, tmp_path_factory) -> Path:
     """A copy of the project with its pipeline built (``build_project``). Read it; do not
     change it.
 
     Built once per test run: parallel workers (``-n``) share the build, each reading its
     own copy of it.
     """
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # base is this worker's folder in the run's
-        return shared_build(base.parent / "cali-reg-build", base / "built")
-    return shared_build(base / "cali-reg-build", base / "cali-reg-build" / "built")
+    return shared_build(run_dir / "cali-reg-build", tmp_path_factory.getbasetemp() / "built")
 
 
 @pytest.fixture

@@ -17,14 +17,12 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT
+from tests.helpers.podman import CONTAINER_CHECK, container_check, podman, turn
 
-CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 TAG = "localhost/cali-reg:test"  # rebuilt by each run, so its layers are the cache
 START_TIMEOUT = 60
 pytestmark = [
     pytest.mark.slow,
-    # under pytest-xdist, one worker runs them all, so the image is built once
-    pytest.mark.xdist_group("container"),
     pytest.mark.skipif(not CONTAINER_CHECK.exists(), reason="no ../shared/tools/container-check"),
 ]
 
@@ -59,20 +57,6 @@ print(json.dumps({"status": head.split()[1].decode(), "body": json.loads(payload
 """
 
 
-def podman(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(CONTAINER_CHECK), "podman", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=kw.pop("stdin", subprocess.DEVNULL),
-        **kw,
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"podman {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
-    return proc
-
-
 def deployment_args() -> list[str]:
     docs = yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text())
     deployment = next(d for d in docs if d["kind"] == "Deployment")
@@ -85,15 +69,7 @@ def image(built_repo):
     HEALTHCHECK); container-check passes its environment on, and podman reads the format
     from BUILDAH_FORMAT."""
     env = dict(os.environ, BUILDAH_FORMAT="docker")
-    proc = subprocess.run(
-        [str(CONTAINER_CHECK), "build", str(built_repo), TAG],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    container_check("build", str(built_repo), TAG, timeout=900, env=env)
     return TAG
 
 
@@ -151,23 +127,24 @@ def test_the_probes_paths_answer_inside_the_container(container):
 def test_sigterm_drains_the_request_in_flight_then_exits_0(container):
     name = container(*deployment_args())
     assert healthcheck(name).returncode == 0
-    client = subprocess.Popen(
-        [str(CONTAINER_CHECK), "podman", "exec", "-i", name, "python", "-c", DRAIN_CLIENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert client.stdout.readline().strip() == "half sent"
-        podman("kill", "--signal", "TERM", name)
-        time.sleep(1)
-        client.stdin.write("go\n")
-        client.stdin.flush()
-        answer = json.loads(client.stdout.readline())
-    finally:
-        client.kill()
-        client.wait(30)
+    with turn():  # podman exec reads container-check's settings while it runs
+        client = subprocess.Popen(
+            [str(CONTAINER_CHECK), "podman", "exec", "-i", name, "python", "-c", DRAIN_CLIENT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdout.readline().strip() == "half sent"
+            podman("kill", "--signal", "TERM", name)
+            time.sleep(1)
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            answer = json.loads(client.stdout.readline())
+        finally:
+            client.kill()
+            client.wait(30)
     assert answer["status"] == "200", answer
     (output,) = answer["body"]["outputs"]
     assert output["datatype"] == "FP64" and len(output["data"]) == 1

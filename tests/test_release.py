@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, copy_built, copy_project, dvc, project_env, sh
+from tests.helpers import ROOT, copy_built, copy_project, dvc, once_per_run, project_env, sh
+from tests.helpers.podman import CONTAINER_CHECK, podman, turn
 
-CONTAINER_CHECK = ROOT.parent / "shared" / "tools" / "container-check"
 CA = Path(os.environ.get("CONTAINER_CHECK_CA", "/etc/ssl/certs/ca-certificates.crt"))
 WORKFLOW = yaml.safe_load((ROOT / ".github/workflows/release.yaml").read_text())
 VERSION_TAG = "quant-model@v1.0.0"
@@ -119,13 +119,9 @@ def test_gto_is_pinned_at_the_version_dvc_installs():
 # --- a tagged version's files, and its image ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def released(built_repo, tmp_path_factory):
-    """A repo with v1.0.0 registered, in stage prod and pushed, then a 3-bit model on top.
-
-    Returns (repo, remote, the v1.0.0 model file's bytes).
-    """
-    base = tmp_path_factory.mktemp("released")
+def release(built_repo: Path, base: Path) -> None:
+    """In ``base``: ``repo``, with v1.0.0 registered, in stage prod and pushed to
+    ``remote``, then a 3-bit model on top; ``v1.json``, the v1.0.0 model file."""
     repo, remote = base / "repo", base / "remote"
     copy_built(built_repo, repo)
     dvc("remote", "modify", "--local", "local", "url", str(remote), cwd=repo)
@@ -138,7 +134,15 @@ def released(built_repo, tmp_path_factory):
     sh(["git", "commit", "-qam", "3 bits"], repo)
     dvc("push", cwd=repo)
     assert (repo / "models/quant.json").read_bytes() != v1
-    return repo, remote, v1
+    (base / "v1.json").write_bytes(v1)
+
+
+@pytest.fixture(scope="module")
+def released(built_repo, run_dir):
+    """(repo, remote, the v1.0.0 model file's bytes), made by ``release`` once per test
+    run: the tests only read them (clone, fetch, get and pull from them)."""
+    base = once_per_run(run_dir / "released", lambda base: release(built_repo, base))
+    return base / "repo", base / "remote", (base / "v1.json").read_bytes()
 
 
 @pytest.mark.slow  # the fixture pushes, tags, runs an experiment: about 30 s
@@ -167,7 +171,9 @@ def checkout_of_tag(released, dest: Path) -> Path:
 
 
 def release_image(cwd, *args, build: str, check=True):
-    env = project_env() | {"CONTAINER_BUILD": build}
+    # Docker's image format, which the workflow's docker build makes (podman's default,
+    # OCI, drops the HEALTHCHECK); its layers are also test_container.py's image's.
+    env = project_env() | {"CONTAINER_BUILD": build, "BUILDAH_FORMAT": "docker"}
     proc = subprocess.run(
         ["bash", ".ci/release-image", *args],
         cwd=cwd,
@@ -226,19 +232,6 @@ def podman_usable() -> str | None:
     return None
 
 
-def podman(*args, check=True):
-    proc = subprocess.run(
-        [str(CONTAINER_CHECK), "podman", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"podman {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 VERSION_OF_SERVER = """
 import json, time, urllib.request
 for _ in range(60):
@@ -262,7 +255,8 @@ def test_the_image_of_a_tagged_version_answers_with_that_models_hash(released, t
     name = f"release-test-{uuid.uuid4().hex[:8]}"
     try:
         start = time.monotonic()
-        out = release_image(ctx, VERSION_TAG, image, build=build).stdout
+        with turn():  # its build calls container-check
+            out = release_image(ctx, VERSION_TAG, image, build=build).stdout
         print(f"image built in {time.monotonic() - start:.0f} s")
         want = hashlib.sha256(v1).hexdigest()
         assert out.splitlines()[-1] == f"model_sha256={want}"

@@ -10,21 +10,28 @@ import pytest
 
 from cali_reg import report
 from cali_reg.errors import UserError
-from tests.helpers import copy_built, dvc, read_json, sh
+from tests.helpers import copy_built, dvc, once_per_run, read_json, sh
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def two_commits(built_repo, tmp_path_factory) -> Path:
-    """The committed state, then `-S quantize.margin=0.01` committed on top of it."""
-    repo = tmp_path_factory.mktemp("report") / "repo"
+def commit_an_experiment(built_repo: Path, repo: Path) -> None:
+    """In ``repo``: the committed state, then `-S quantize.margin=0.01` committed on top of
+    it (main stays at the first)."""
     copy_built(built_repo, repo)
     dvc("exp", "run", "-S", "quantize.margin=0.01", cwd=repo)
     sh(["git", "commit", "-qam", "margin 0.01"], repo)
     sh(["git", "branch", "-f", "main", "HEAD~1"], repo)
     assert sh(["git", "status", "--porcelain"], repo).stdout == ""
-    return repo
+
+
+@pytest.fixture(scope="module")
+def two_commits(built_repo, run_dir, tmp_path_factory) -> Path:
+    """``commit_an_experiment``, made once per test run; a copy of it for this worker."""
+    made = once_per_run(
+        run_dir / "two-commits", lambda base: commit_an_experiment(built_repo, base / "repo")
+    )
+    return copy_built(made / "repo", tmp_path_factory.mktemp("report") / "repo")
 
 
 def run_report(repo: Path, out: Path, *args: str, check=True):
@@ -95,14 +102,6 @@ def test_the_report_names_the_param_and_shows_bits_and_r2_moving(two_commits, tm
 
 
 @pytest.mark.slow
-def test_the_default_base_is_the_merge_base_with_main(two_commits, tmp_path):
-    run_report(two_commits, tmp_path / "a")
-    text = (tmp_path / "a" / "report.md").read_text()
-    assert "(the merge base with main)" in text
-    assert rows(text, "`quantize.margin`") == [["`quantize.margin`", "0.001", "0.01"]]
-
-
-@pytest.mark.slow
 def test_a_commit_against_itself_has_nothing_changed(two_commits, tmp_path):
     printed = run_report(two_commits, tmp_path / "same", "--base", "HEAD").stdout.split()
     text = (tmp_path / "same" / "report.md").read_text()
@@ -114,10 +113,13 @@ def test_a_commit_against_itself_has_nothing_changed(two_commits, tmp_path):
 
 
 @pytest.mark.slow
-def test_images_url_links_the_images_instead_of_embedding_them(two_commits, tmp_path):
+def test_by_default_against_the_merge_base_and_images_url_links_the_images(two_commits, tmp_path):
     url = "https://github.com/o/r/actions/runs/1#artifacts"
-    run_report(two_commits, tmp_path / "c", "--base", "HEAD~1", "--images-url", url)
+    run_report(two_commits, tmp_path / "c", "--images-url", url)  # no --base
     text = (tmp_path / "c" / "report.md").read_text()
+    assert "(the merge base with main)" in text
+    assert rows(text, "`quantize.margin`") == [["`quantize.margin`", "0.001", "0.01"]]
+    # the images linked, not embedded
     assert "![" not in text
     link = f"- [quant_vs_float (base and workspace): quant_vs_float.png]({url})"
     assert link in text.splitlines()

@@ -42,9 +42,11 @@ __all__ = [
     "copy_project",
     "dvc",
     "free_ports",
+    "once_per_run",
     "project_env",
     "read_json",
     "run_queue",
+    "run_stages",
     "s3_client",
     "set_params",
     "sh",
@@ -62,6 +64,7 @@ _S3_NAMES = {
     "S3Server",
     "S3ServerError",
     "free_ports",
+    "once_per_run",
     "s3_client",
     "weed_binary",
 }
@@ -202,25 +205,31 @@ def copy_built(src: Path, dest: Path) -> Path:
     return dest
 
 
-def shared_build(shared_dir: Path, dest: Path) -> Path:
-    """``build_project`` once per test run, copied to ``dest`` for each process asking.
+def once_per_run(shared_dir: Path, make: Callable[[Path], object]) -> Path:
+    """``make(shared_dir / "made")`` once per test run; that folder, for callers to read or
+    copy, never to change.
 
-    Parallel workers (pytest-xdist) each call this with the same ``shared_dir``: the
-    first builds under a file lock, the others wait and copy. Each worker then has a
-    private copy, so no two processes run DVC in one repo.
+    Parallel workers (pytest-xdist) call this with the same ``shared_dir`` (under the
+    ``run_dir`` fixture's folder): the first makes it under a file lock, the others wait
+    and find it made. A module's costly fixture is then made once per run, not once per
+    worker that runs one of its tests.
     """
     shared_dir.mkdir(parents=True, exist_ok=True)
-    built, done = shared_dir / "built", shared_dir / "built.done"
-    with open(shared_dir / "built.lock", "w") as lock:
+    made, done = shared_dir / "made", shared_dir / "made.done"
+    with open(shared_dir / "made.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            shutil.rmtree(built, ignore_errors=True)  # a build that failed half-way
-            built.mkdir()
-            build_project(built)
+            shutil.rmtree(made, ignore_errors=True)  # one that failed half-way
+            made.mkdir()
+            make(made)
             done.touch()
-    if dest != built:
-        copy_built(built, dest)
-    return dest
+    return made
+
+
+def shared_build(shared_dir: Path, dest: Path) -> Path:
+    """``build_project`` once per test run (``once_per_run``), copied to ``dest``: each
+    worker has a private copy, so that no two processes run DVC in one repo."""
+    return copy_built(once_per_run(shared_dir, build_project), dest)
 
 
 def _exit_code(code) -> int:
@@ -259,6 +268,16 @@ def call_stage(name: str, cwd) -> subprocess.CompletedProcess:
     interpreter start-up. Anything else it raises propagates and fails the test."""
     module = importlib.import_module(f"stages.{name}")
     return _call(["python", "-m", f"stages.{name}"], module.main, cwd)
+
+
+def run_stages(repo, *names: str) -> None:
+    """The stages ``names`` called in order in ``repo`` (``call_stage``), as ``dvc repro``
+    runs those a param change touches; each must succeed. For the figures of a setting:
+    what DVC does around the stages is tested once, where it is the point."""
+    for name in names:
+        proc = call_stage(name, repo)
+        if proc.returncode != 0:
+            pytest.fail(f"stage {name} exited {proc.returncode}\n{proc.stderr}")
 
 
 def call_cli(argv: Sequence[str], cwd, stdin: str = "") -> subprocess.CompletedProcess:

@@ -183,6 +183,11 @@ def closest_codes(grid: Grid, coef, gram, cross, bound: float) -> np.ndarray | N
     return candidates[int(np.flatnonzero(cost <= cost.min() + TIE * scale)[0])]
 
 
+def _tie_limit(best: float) -> float:
+    """The highest total a search keeps looking at: ``best``, and the totals tied with it."""
+    return best + TIE * max(abs(best), 1e-300) * 4
+
+
 def closest_values(
     alphabets: list[np.ndarray],
     ref,
@@ -228,32 +233,37 @@ def closest_values(
     as_lists: dict[int, list] = {}  # formats share one alphabet between coordinates
     values = [as_lists.setdefault(id(alphabets[i]), alphabets[i].tolist()) for i in order]
     inverse = np.argsort(order)
-    state = {"best": bound, "nodes": 0}
+    best, nodes = bound, 0
+    limit = _tie_limit(best)
     found: list[tuple[float, list[int]]] = []
     idx, v = [0] * n, [0.0] * n
 
     def search(k: int, partial: float, spread_sq: float) -> None:
+        # The hot loop of every minifloat encoder: the same arithmetic as written out in
+        # the docstring, with the cut-off (limit) recomputed only when the best moves.
+        nonlocal best, limit, nodes
         row, c = coupling[k], c0[k]
         for j in range(k + 1, n):
             c -= row[j] * (v[j] - c0[j])
         srow = rows[k]
         s_rest = sum(srow[j] * (v[j] - r0[j]) for j in range(k + 1, n))
-        a = values[k]
+        a, d2, sk, rk = values[k], diag2[k], srow[k], r0[k]
+        size = len(a)
         above = bisect.bisect_left(a, c)  # a[above] >= c > a[above - 1]
         below = above - 1
-        while state["nodes"] < MAX_NODES:
-            cost_down = partial + diag2[k] * (a[below] - c) ** 2 if below >= 0 else math.inf
-            cost_up = partial + diag2[k] * (a[above] - c) ** 2 if above < len(a) else math.inf
+        while nodes < MAX_NODES:
+            cost_down = partial + d2 * (a[below] - c) ** 2 if below >= 0 else math.inf
+            cost_up = partial + d2 * (a[above] - c) ** 2 if above < size else math.inf
             if cost_down <= cost_up:
-                idx[k], metric, below = below, cost_down, below - 1
+                at, metric, below = below, cost_down, below - 1
             else:
-                idx[k], metric, above = above, cost_up, above + 1
-            limit = state["best"] + TIE * max(abs(state["best"]), 1e-300) * 4
+                at, metric, above = above, cost_up, above + 1
+            idx[k] = at
             if metric - offset > limit:
                 return  # the cost alone only grows from here on at this level
-            state["nodes"] += 1
-            v[k] = a[idx[k]]
-            sq = spread_sq + (srow[k] * (v[k] - r0[k]) + s_rest) ** 2
+            nodes += 1
+            v[k] = vk = a[at]
+            sq = spread_sq + (sk * (vk - rk) + s_rest) ** 2
             if exact_leaf is not None and k == 0:
                 d = np.array(v) - r0
                 sq = max(float(d @ exact_leaf @ d), 0.0)
@@ -264,7 +274,9 @@ def closest_values(
                 search(k - 1, metric, sq)
             else:
                 found.append((total, [idx[i] for i in inverse]))
-                state["best"] = min(state["best"], total)
+                if total < best:
+                    best = total
+                    limit = _tie_limit(best)
 
     search(n - 1, 0.0, 0.0)
     if not found:

@@ -40,20 +40,18 @@ def pytest_collection_modifyitems(items) -> None:
         if "built_repo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pipeline)
 
-    def module_rank(module: str) -> int:
-        marks = [item for item in items if item.module.__name__ == module]
-        if any(item.get_closest_marker("slow") for item in marks):
+    def rank(item) -> int:
+        if item.get_closest_marker("slow"):
             return 0
-        return 1 if any(item.get_closest_marker("pipeline") for item in marks) else 2
+        return 1 if item.get_closest_marker("pipeline") else 2
 
-    ranks = {name: module_rank(name) for name in {item.module.__name__ for item in items}}
-    # stable: within each rank, the modules' own order
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module = item.module.__name__
+        module_rank[module] = min(module_rank.get(module, 2), rank(item))
+    # stable: the modules in their own order within a rank, their tests in theirs
     items.sort(
-        key=lambda item: (
-            ranks[item.module.__name__],
-            item.module.__name__,
-            not item.get_closest_marker("slow"),
-        )
+        key=lambda item: (module_rank[item.module.__name__], item.module.__name__, rank(item) > 0)
     )
 
 

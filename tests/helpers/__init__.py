@@ -316,12 +316,14 @@ def run_queue(repo, jobs: int = 2, timeout: float = 600) -> str:
             )
         deadline = time.monotonic() + timeout
         while True:
+            # Each `dvc queue status` costs half a second of CPU, which the experiments
+            # need more: a look every 4 s (an experiment takes several).
+            time.sleep(4)
             status = dvc("queue", "status", cwd=repo).stdout
             if not any(word in status for word in ("Queued", "Running")):
                 return status
             if time.monotonic() > deadline:
                 pytest.fail(f"the queue did not finish in {timeout:g} s:\n{status}")
-            time.sleep(2)  # each `dvc queue status` costs half a second of CPU
     finally:
         dvc("queue", "stop", "--kill", cwd=repo, check=False)
         _stop_queue_workers(Path(repo))

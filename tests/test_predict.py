@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from cali_reg.errors import UserError
 from cali_reg.model import exact_predict, load_model
 from cali_reg.quantize import quantize
 from cali_reg.rows import Schema
-from tests.helpers import project_env, sh
+from tests.helpers import call_cli, project_env, sh
 
 HEADER = ",".join(FEATURES)
 ROW = "8.3252,41.0,6.98,1.02,322.0,2.55,37.88,-122.23"
@@ -30,13 +31,13 @@ SCHEMA = Schema(FEATURES)
 
 
 def predict_cli(repo, *args, stdin=None, check=False) -> subprocess.CompletedProcess:
-    return sh(
-        [sys.executable, "-m", "cali_reg", "predict", *args],
-        repo,
-        check=check,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-    )
+    """``cali-reg predict ARGS`` in ``repo``, called in this process (``call_cli``): the
+    tests below that need a real process (a terminal, a closed pipe, imports, memory, the
+    ``python -m`` entry point) start one."""
+    proc = call_cli(["predict", *args], repo, stdin=stdin)
+    if check and proc.returncode != 0:
+        pytest.fail(f"predict {args} exited {proc.returncode}\n{proc.stderr}")
+    return proc
 
 
 def values(stdout: str) -> np.ndarray:
@@ -201,14 +202,8 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("text,words", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_one_line_naming_row_and_column(built_repo, text, words):
     data = text.encode("latin-1" if "\xff" in text else "utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "cali_reg", "predict"],
-        cwd=built_repo,
-        env=project_env(),
-        input=data,
-        capture_output=True,
-    )
-    stderr = proc.stderr.decode()
+    proc = predict_cli(built_repo, stdin=data)
+    stderr = proc.stderr
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
@@ -292,12 +287,8 @@ def test_predictions_equal_the_pipelines_own(built_repo, tmp_path):
     np.testing.assert_allclose(floats, exact, rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(np.round(exact, 6), plotted[:, 1])
     # and within rounding error of scikit-learn's own predict (which goes through BLAS)
-    code = (
-        "import joblib; from cali_reg.data import read_xy; "
-        "m = joblib.load('models/float.joblib'); "
-        "print(*m.predict(read_xy('data/test.csv')[0]).tolist())"
-    )
-    sklearn_pred = values(sh([sys.executable, "-c", code], built_repo).stdout)
+    # the pipeline's own output, not an untrusted pickle
+    sklearn_pred = joblib.load(built_repo / "models/float.joblib").predict(X)
     np.testing.assert_allclose(floats, sklearn_pred, rtol=1e-13, atol=1e-13)
 
 

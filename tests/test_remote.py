@@ -28,6 +28,7 @@ from tests.helpers import (
     ROOT,
     S3Server,
     S3ServerError,
+    call_dvc,
     copy_built,
     free_ports,
     project_env,
@@ -53,7 +54,7 @@ def s3():
     server.close()
 
 
-def run(args, cwd, home, *, extra=None, check=True, timeout=COMMAND_TIMEOUT):
+def remote_env(home: Path, extra: dict | None = None) -> dict:
     env = project_env()
     # Credentials only from what a test passes: never the developer's own.
     for key in [k for k in env if k.startswith("AWS_")]:
@@ -61,10 +62,14 @@ def run(args, cwd, home, *, extra=None, check=True, timeout=COMMAND_TIMEOUT):
     env.pop("CALI_REG_HOME", None)  # `cali-reg predict` must read the clone's own model
     env.update(HOME=str(home), DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"))
     env.update(extra or {})
+    return env
+
+
+def run(args, cwd, home, *, extra=None, check=True, timeout=COMMAND_TIMEOUT):
     proc = subprocess.run(
         args,
         cwd=cwd,
-        env=env,
+        env=remote_env(home, extra),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -75,8 +80,16 @@ def run(args, cwd, home, *, extra=None, check=True, timeout=COMMAND_TIMEOUT):
     return proc
 
 
+# DVC as a process of its own: for commands run side by side, or killed
+DVC_PROCESS = [sys.executable, "-m", "dvc"]
+
+
 def dvc(*args, cwd, home, extra=None, check=True):
-    return run([sys.executable, "-m", "dvc", *args], cwd, home, extra=extra, check=check)
+    """``dvc ARGS`` in this process (``call_dvc``), with only the credentials in ``extra``."""
+    proc = call_dvc(list(args), cwd, remote_env(home, extra))
+    if check and proc.returncode != 0:
+        pytest.fail(f"dvc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def git(*args, cwd, home):
@@ -386,11 +399,9 @@ def test_push_killed_mid_upload_then_rerun_completes(project, home, s3, tmp_path
     proxy = ThrottledProxy(s3.port, rate=total // 4, threshold=total // 3)
     try:
         use_s3(a, home, s3, "killed", endpoint=f"http://127.0.0.1:{proxy.port}")
-        env = project_env()
-        env.update(s3.env, HOME=str(home), DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"))
-        push = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "push", "-j", "2"],
-            cwd=a, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        push = subprocess.Popen(  # a process: the test kills it
+            [*DVC_PROCESS, "push", "-j", "2"],
+            cwd=a, env=remote_env(home, s3.env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
@@ -472,7 +483,7 @@ def test_server_down_or_wrong_credentials_fail_clearly_and_change_nothing(
         git("clone", "-q", str(project["origin"]), str(b), cwd=tmp_path, home=home)
         use_s3(b, home, s3, "faults", endpoint=endpoint)
         before = snapshot(b)
-        pull = dvc("pull", cwd=b, home=home, extra=creds, check=False)
+        pull = run([*DVC_PROCESS, "pull"], b, home, extra=creds, check=False)
         assert pull.returncode != 0 and re.search(message, pull.stderr), (name, pull.stderr)
         assert "Traceback" not in pull.stderr
         assert snapshot(b) == before, name
@@ -483,13 +494,13 @@ def test_server_down_or_wrong_credentials_fail_clearly_and_change_nothing(
         shutil.copytree(a, a2, symlinks=True)
         use_s3(a2, home, s3, f"faults-{name}", endpoint=endpoint)
         before = snapshot(a2)
-        push = dvc("push", cwd=a2, home=home, extra=creds, check=False)
+        push = run([*DVC_PROCESS, "push"], a2, home, extra=creds, check=False)
         assert push.returncode != 0 and re.search(message, push.stderr), (name, push.stderr)
         assert "Traceback" not in push.stderr
         assert snapshot(a2) == before, name
 
     # Each failing command mostly waits (DVC retries the connection with back-off), so the
-    # four run side by side; each in its own clone, as before.
+    # four run side by side, as processes, each in its own clone.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         checks = [
             pool.submit(check, name, *case)

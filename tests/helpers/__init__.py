@@ -18,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ __all__ = [
     "S3ServerError",
     "build_project",
     "call_cli",
+    "call_dvc",
     "call_stage",
     "copy_built",
     "copy_project",
@@ -121,7 +124,164 @@ def sh(args, cwd, check=True, **kw) -> subprocess.CompletedProcess:
 
 
 def dvc(*args, cwd, check=True) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "dvc", *args], cwd, check=check)
+    """``dvc ARGS`` in ``cwd`` with the project's environment, called in this process
+    (``call_dvc``); fails the test with its output if ``check`` and it fails."""
+    proc = call_dvc(list(args), cwd, project_env())
+    if check and proc.returncode != 0:
+        pytest.fail(f"dvc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@contextlib.contextmanager
+def _environment(env: dict):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _captured_fds():
+    """File descriptors 1 and 2, ``sys.stdout`` and ``sys.stderr``, and DVC's log handlers
+    (which hold the streams they were set up with) to temporary files for the block.
+
+    Yields a function that returns what was written, (stdout, stderr). At the descriptor
+    level, because the stages ``dvc repro`` runs inherit the descriptors, as they would
+    from a ``dvc`` process.
+    """
+    import logging
+
+    from colorama import initialise
+
+    handlers = {
+        handler
+        for name in ("dvc", "dvc_objects", "dvc_data")
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.StreamHandler)
+    }
+    saved_streams = {handler: handler.stream for handler in handlers}
+    saved_sys = sys.stdout, sys.stderr
+    # DVC writes JSON between colorama.deinit() and reinit(), which put back the streams
+    # that colorama.init() found when DVC was imported: they are pointed here too.
+    colorama_names = ("orig_stdout", "orig_stderr", "wrapped_stdout", "wrapped_stderr")
+    saved_colorama = {name: getattr(initialise, name) for name in colorama_names}
+    for stream in saved_sys:
+        stream.flush()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved_fds = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        new_out = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        new_err = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stdout, sys.stderr = new_out, new_err
+        for name in colorama_names:
+            setattr(initialise, name, new_err if name.endswith("err") else new_out)
+        for handler in saved_streams:
+            # dvc.logger.setup: warnings and errors to stderr, the rest to stdout
+            handler.setStream(new_err if handler.level >= logging.WARNING else new_out)
+
+        def flush() -> None:
+            new_out.flush()
+            new_err.flush()
+
+        def written() -> tuple[str, str]:
+            flush()
+            return tuple(
+                os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
+                for f in (out, err)
+            )
+
+        try:
+            yield written
+        finally:
+            flush()
+            sys.stdout, sys.stderr = saved_sys
+            for name, stream in saved_colorama.items():
+                setattr(initialise, name, stream)
+            for handler, stream in saved_streams.items():
+                handler.setStream(stream)
+            for fd, saved in zip((1, 2), saved_fds, strict=True):
+                os.dup2(saved, fd)
+                os.close(saved)
+
+
+def call_dvc(argv: list[str], cwd, env: dict) -> subprocess.CompletedProcess:
+    """``python -m dvc ARGV`` in ``cwd`` with exactly the environment ``env``, called in
+    this process: DVC's own ``main`` (DVC's test suite calls it so), without the start-up
+    (about half a second of CPU a command). The stages that ``dvc repro`` runs are still
+    processes of their own, and write to the captured descriptors.
+
+    Not for a command a test kills, or one that starts processes that outlive it
+    (``dvc queue start``): those run as processes.
+    """
+    import faulthandler
+
+    from dvc.cli import main
+    from dvc.ui import ui
+
+    # fsspec keeps a file system per set of arguments, and credentials that come from the
+    # environment are not among them: each command makes its own, as a new process would.
+    from fsspec.spec import AbstractFileSystem
+
+    for fs_class in _subclasses(AbstractFileSystem):
+        fs_class.clear_instance_cache()
+    # a hang fails this worker's test (the worker exits) instead of holding up the run
+    faulthandler.dump_traceback_later(COMMAND_TIMEOUT, exit=True)
+    try:
+        with (
+            _environment(env),
+            contextlib.chdir(cwd),
+            _captured_fds() as written,
+            warnings.catch_warnings(),
+        ):
+            # as a new interpreter filters them: DVC's dependencies' deprecations unshown
+            for category in (DeprecationWarning, PendingDeprecationWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            try:
+                code = _in_fresh_thread(main, argv)
+            finally:
+                ui._enabled = False  # as a new process starts (no public way back)
+                for name in ("rich_console", "error_console"):
+                    ui.__dict__.pop(name, None)
+            out, err = written()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    return subprocess.CompletedProcess(["dvc", *argv], code, out, err)
+
+
+def _in_fresh_thread(func: Callable, *args):
+    """``func(*args)`` in a new thread, whose frames start at the bottom of their own stack.
+
+    Called under pytest's deep stack, DVC's loops went up and down across a boundary of
+    CPython 3.11's frame stack, which maps and unmaps 16 KiB at each crossing: 100,000
+    pairs of system calls for one ``dvc exp run``, and more CPU than the process it saved.
+    """
+    result: list = []
+
+    def target() -> None:
+        try:
+            result.append((True, func(*args)))
+        except BaseException as exc:  # re-raised in the caller's thread
+            result.append((False, exc))
+
+    thread = threading.Thread(target=target, name="dvc")
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        found |= {sub} | _subclasses(sub)
+    return found
 
 
 def read_json(path) -> dict:
@@ -280,18 +440,30 @@ def run_stages(repo, *names: str) -> None:
             pytest.fail(f"stage {name} exited {proc.returncode}\n{proc.stderr}")
 
 
-def call_cli(argv: Sequence[str], cwd, stdin: str = "") -> subprocess.CompletedProcess:
-    """``cali-reg ARGV`` in ``cwd``, called in this process (see ``call_stage``), ``stdin``
-    piped in. Not for what only a real process shows: a terminal on stdin, a closed
-    pipe, start-up time or imports, memory."""
+def call_cli(
+    argv: Sequence[str], cwd, stdin: str | bytes | None = None
+) -> subprocess.CompletedProcess:
+    """``cali-reg ARGV`` in ``cwd``, called in this process (see ``call_stage``).
+
+    stdin is a real file, as ``sh`` gives a process: ``stdin`` written to a temporary
+    file (rows piped in), or /dev/null when it is None. Not for what only a real process
+    shows: a terminal on stdin, a closed pipe, start-up time or imports, memory.
+    """
     from cali_reg import cli
 
     saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
-    try:
-        return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
-    finally:
-        sys.stdin = saved
+    with tempfile.TemporaryFile() as piped:
+        if stdin is None:
+            sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115
+        else:
+            piped.write(stdin.encode() if isinstance(stdin, str) else stdin)
+            piped.seek(0)
+            sys.stdin = open(piped.fileno(), encoding="utf-8", closefd=False)  # noqa: SIM115
+        try:
+            return _call(["cali-reg", *argv], lambda: cli.main(list(argv)), cwd)
+        finally:
+            sys.stdin.close()
+            sys.stdin = saved
 
 
 def run_queue(repo, jobs: int = 2, timeout: float = 600) -> str:

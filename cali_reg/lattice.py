@@ -183,9 +183,13 @@ def closest_codes(grid: Grid, coef, gram, cross, bound: float) -> np.ndarray | N
     return candidates[int(np.flatnonzero(cost <= cost.min() + TIE * scale)[0])]
 
 
-def _tie_limit(best: float) -> float:
-    """The highest total a search keeps looking at: ``best``, and the totals tied with it."""
-    return best + TIE * max(abs(best), 1e-300) * 4
+def _tie_limit(best: float, widths: float = 1.0) -> float:
+    """The highest total tied with ``best``: ``widths`` times ``TIE`` above it, relative.
+
+    The search keeps four widths, room for the rounding of its partial sums, so that
+    every total tied with the final best is among those it found.
+    """
+    return best + TIE * max(abs(best), 1e-300) * widths
 
 
 def closest_values(
@@ -234,7 +238,7 @@ def closest_values(
     values = [as_lists.setdefault(id(alphabets[i]), alphabets[i].tolist()) for i in order]
     inverse = np.argsort(order)
     best, nodes = bound, 0
-    limit = _tie_limit(best)
+    limit = _tie_limit(best, 4)
     found: list[tuple[float, list[int]]] = []
     idx, v = [0] * n, [0.0] * n
 
@@ -276,11 +280,11 @@ def closest_values(
                 found.append((total, [idx[i] for i in inverse]))
                 if total < best:
                     best = total
-                    limit = _tie_limit(best)
+                    limit = _tie_limit(best, 4)
 
     search(n - 1, 0.0, 0.0)
     if not found:
         return None
     best = min(total for total, _ in found)
-    ties = sorted((i, total) for total, i in found if total <= best + TIE * max(abs(best), 1e-300))
+    ties = sorted((i, total) for total, i in found if total <= _tie_limit(best))
     return np.array(ties[0][0], dtype=np.int64), ties[0][1]

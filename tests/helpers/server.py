@@ -4,6 +4,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,7 +112,19 @@ class Server:
         return status, answer
 
     def stop(self) -> int:
-        """SIGTERM, then SIGKILL after a grace period; the exit code."""
+        """SIGTERM, then SIGKILL after a grace period; the exit code.
+
+        First waits (at most START_TIMEOUT) for every worker granian spawned to have
+        started: one still starting can miss the signal, and the server then waits its
+        --timeout + 5 s before it kills it, a wait that no test is about.
+        """
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            log = self.stderr()
+            spawned = set(re.findall(r"Spawning worker-(\d+)", log))
+            if spawned <= set(re.findall(r"Started worker-(\d+) runtime", log)):
+                break
+            time.sleep(0.05)
         stop_group(self.proc, STOP_GRACE)
         for f in (self.log, self.errors):
             f.close()

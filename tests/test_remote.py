@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import helpers
 from tests.helpers import (
     ROOT,
     S3Server,
     S3ServerError,
-    call_dvc,
     copy_built,
     free_ports,
     project_env,
@@ -85,11 +85,9 @@ DVC_PROCESS = [sys.executable, "-m", "dvc"]
 
 
 def dvc(*args, cwd, home, extra=None, check=True):
-    """``dvc ARGS`` in this process (``call_dvc``), with only the credentials in ``extra``."""
-    proc = call_dvc(list(args), cwd, remote_env(home, extra))
-    if check and proc.returncode != 0:
-        pytest.fail(f"dvc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """``dvc ARGS`` in this process (``tests.helpers.dvc``), with only the credentials in
+    ``extra``."""
+    return helpers.dvc(*args, cwd=cwd, check=check, env=remote_env(home, extra))
 
 
 def git(*args, cwd, home):

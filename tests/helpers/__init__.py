@@ -123,10 +123,11 @@ def sh(args, cwd, check=True, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def dvc(*args, cwd, check=True) -> subprocess.CompletedProcess:
-    """``dvc ARGS`` in ``cwd`` with the project's environment, called in this process
-    (``call_dvc``); fails the test with its output if ``check`` and it fails."""
-    proc = call_dvc(list(args), cwd, project_env())
+def dvc(*args, cwd, check=True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``dvc ARGS`` in ``cwd`` with ``env`` (default: the project's environment), called
+    in this process (``call_dvc``); fails the test with its output if ``check`` and it
+    fails."""
+    proc = call_dvc(list(args), cwd, project_env() if env is None else env)
     if check and proc.returncode != 0:
         pytest.fail(f"dvc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
